@@ -1,0 +1,1 @@
+"""Layers and models built on dedl.solvers."""

@@ -1,0 +1,91 @@
+"""One small training loop that every chapter reuses."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dedl.utils import seed_everything
+
+Batch = tuple[Tensor, ...]
+
+
+@dataclass
+class History:
+    """What a run of :func:`fit` records: the mean loss of each epoch, extra metrics, and wall time."""
+
+    loss: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Batch], Tensor],
+    batches: Callable[[], Iterable[Batch]] | Iterable[Batch],
+    epochs: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    seed: int | None = 0,
+    device: torch.device | str | None = None,
+    metrics: dict[str, Callable[[nn.Module], float]] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> History:
+    """Minimise ``loss_fn(model, batch)`` over ``epochs`` passes of ``batches``.
+
+    ``batches`` is an iterable re-read each epoch (a ``DataLoader`` or a list), or a function
+    returning a fresh iterable. Each batch is moved to ``device`` (the model's device when
+    omitted). ``metrics`` maps names to functions of the model, evaluated after every epoch
+    under ``torch.no_grad``. A tqdm bar shows the epoch and the latest loss.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if seed is not None:
+        seed_everything(seed)
+    if device is None:
+        device = next(model.parameters()).device
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    history = History(metrics={name: [] for name in (metrics or {})})
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc=desc, disable=not progress)
+    for _ in bar:
+        model.train()
+        total, count = 0.0, 0
+        for batch in batches() if callable(batches) else batches:
+            batch = tuple(b.to(device) for b in batch)
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in epoch {len(history.loss) + 1}")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            count += 1
+        if count == 0:
+            raise ValueError("batches yielded no batch")
+        history.loss.append(total / count)
+        model.eval()
+        with torch.no_grad():
+            for name, metric in (metrics or {}).items():
+                history.metrics[name].append(float(metric(model)))
+        bar.set_postfix(loss=f"{history.loss[-1]:.4g}")
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y`` (argmax of the logits)."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size].to(device))
+        correct += (logits.argmax(-1).cpu() == y[i : i + batch_size]).sum().item()
+    return correct / len(x)
