@@ -89,3 +89,31 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> 
         logits = model(x[i : i + batch_size].to(device))
         correct += (logits.argmax(-1).cpu() == y[i : i + batch_size]).sum().item()
     return correct / len(x)
+
+
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
+    """The fast gradient sign perturbation ``x + epsilon * sign(grad_x loss)`` (Goodfellow et al. 2015, eq. 3).
+
+    ``epsilon`` is measured in the units of ``x`` (for the book's normalised images, standard deviations).
+    """
+    if epsilon < 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    model.eval()
+    x = x.detach().clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(model(x), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x + epsilon * grad.sign()).detach()
+
+
+def robust_accuracy(
+    model: nn.Module, x: Tensor, y: Tensor, noise_std: float = 0.0, fgsm_epsilon: float = 0.0, seed: int = 0
+) -> float:
+    """Accuracy on inputs perturbed by Gaussian noise of ``noise_std`` and then an FGSM step of ``fgsm_epsilon``."""
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    if noise_std > 0:
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        x = x + noise_std * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+    if fgsm_epsilon > 0:
+        x = fgsm(model, x, y, fgsm_epsilon)
+    return accuracy(model, x.cpu(), y.cpu())
