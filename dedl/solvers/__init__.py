@@ -1,0 +1,51 @@
+"""ODE solvers: the ground floor of dedl, depending on torch alone.
+
+``odeint(func, y0, t, method=..., rtol=..., atol=..., options=..., backend="dedl" | "torchdiffeq")``
+mirrors :func:`torchdiffeq.odeint`; ``odeint_adjoint`` computes gradients with the adjoint ODE.
+"""
+
+from dedl.solvers.adjoint import odeint_adjoint
+from dedl.solvers.multistep import (
+    ADAMS_BASHFORTH,
+    adams_bashforth_coefficients,
+    adams_bashforth_step,
+    adams_bashforth_weights,
+)
+from dedl.solvers.ode import (
+    BACKENDS,
+    BOSH3,
+    DOPRI5,
+    EULER,
+    HEUN,
+    METHODS,
+    MIDPOINT,
+    RK4,
+    RK4_38,
+    TABLEAUX,
+    ButcherTableau,
+    euler_step,
+    odeint,
+    rk_step,
+)
+
+__all__ = [
+    "odeint",
+    "odeint_adjoint",
+    "ButcherTableau",
+    "EULER",
+    "MIDPOINT",
+    "HEUN",
+    "RK4",
+    "RK4_38",
+    "BOSH3",
+    "DOPRI5",
+    "TABLEAUX",
+    "METHODS",
+    "BACKENDS",
+    "euler_step",
+    "rk_step",
+    "ADAMS_BASHFORTH",
+    "adams_bashforth_coefficients",
+    "adams_bashforth_weights",
+    "adams_bashforth_step",
+]

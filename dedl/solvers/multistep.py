@@ -1,0 +1,129 @@
+r"""Linear multistep methods: explicit Adams-Bashforth of orders 2, 3 and 4.
+
+An Adams-Bashforth method of order :math:`k` reuses the last :math:`k` slopes instead of new stages:
+
+.. math:: y_{n+1} = y_n + h \sum_{j=0}^{k-1} \beta_j\, f(t_{n-j}, y_{n-j}),
+
+where :math:`\beta_j = \frac1h\int_{t_n}^{t_{n+1}} \ell_j(s)\,ds` integrates the Lagrange polynomial through
+the past slopes {cite}`hairer1993solving` (Sec. III.1). One evaluation of ``f`` per step, whatever the order.
+The first :math:`k-1` steps have no history; they are taken with the classical RK4. This is the lens through
+which Part II reads the linear multistep ResNet (LM-ResNet).
+
+Depends on torch alone.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from dedl.solvers.ode import RK4, Func, _check_output, _fixed_steps
+
+__all__ = ["ADAMS_BASHFORTH", "adams_bashforth_coefficients", "adams_bashforth_weights", "adams_bashforth_step"]
+
+# beta_0..beta_{k-1} on a uniform grid (Hairer et al. 1993, Table III.1.1)
+ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    2: (3 / 2, -1 / 2),
+    3: (23 / 12, -16 / 12, 5 / 12),
+    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+}
+
+
+def adams_bashforth_coefficients(order: int) -> tuple[float, ...]:
+    r"""The uniform-grid weights :math:`\beta_0, \dots, \beta_{k-1}` of the order-``k`` Adams-Bashforth method
+    (Hairer et al. 1993, Sec. III.1), ``beta_0`` multiplying the newest slope :math:`f_n`."""
+    if order not in ADAMS_BASHFORTH:
+        raise ValueError(f"Adams-Bashforth order must be one of {sorted(ADAMS_BASHFORTH)}, got {order!r}")
+    return ADAMS_BASHFORTH[order]
+
+
+def adams_bashforth_weights(times: Sequence[float], t_next: float) -> list[float]:
+    r"""Variable-step Adams-Bashforth weights.
+
+    ``times = [t_n, t_{n-1}, ..., t_{n-k+1}]`` are the nodes of the past slopes; the result
+    :math:`\beta_j = \frac1h \int_{t_n}^{t_{n+1}} \ell_j(s)\, ds` (with :math:`h = t_{n+1} - t_n`) makes
+    :math:`y_{n+1} = y_n + h\sum_j \beta_j f_{n-j}` exact for polynomial slopes of degree :math:`< k`
+    (Hairer et al. 1993, eq. III.5.3). On a uniform grid this reproduces :func:`adams_bashforth_coefficients`.
+    """
+    h = t_next - times[0]
+    if h == 0:
+        raise ValueError("t_next must differ from times[0]")
+    x = [(tj - times[0]) / h for tj in times]  # nodes in units of h; the step is [0, 1]
+    weights = []
+    for j, xj in enumerate(x):
+        poly = [1.0]  # coefficients of l_j(x), lowest degree first
+        for m, xm in enumerate(x):
+            if m == j:
+                continue
+            denom = xj - xm
+            if denom == 0:
+                raise ValueError("the nodes of an Adams-Bashforth step must be distinct")
+            new = [0.0] * (len(poly) + 1)
+            for p, cp in enumerate(poly):  # poly * (x - xm) / denom
+                new[p + 1] += cp / denom
+                new[p] -= cp * xm / denom
+            poly = new
+        weights.append(sum(cp / (p + 1) for p, cp in enumerate(poly)))
+    return weights
+
+
+def adams_bashforth_step(y: Tensor, slopes: Sequence[Tensor], h: float, coefficients: Sequence[float]) -> Tensor:
+    r"""One Adams-Bashforth step :math:`y + h\sum_j \beta_j f_{n-j}` with ``slopes = [f_n, f_{n-1}, ...]``."""
+    if len(slopes) != len(coefficients):
+        raise ValueError(f"need {len(coefficients)} slopes for these coefficients, got {len(slopes)}")
+    out = torch.add(y, slopes[0], alpha=h * coefficients[0])
+    for f, beta in zip(slopes[1:], coefficients[1:]):
+        out.add_(f, alpha=h * beta)
+    return out
+
+
+def _rk4_from_k1(func: Func, t: float, y: Tensor, h: float, k1: Tensor) -> Tensor:
+    """One classical RK4 step whose first stage ``k1 = f(t, y)`` is already known (3 new evaluations)."""
+    ks = [k1]
+    for i in range(1, RK4.stages):
+        u = y
+        for j, aij in enumerate(RK4.a[i]):
+            if aij != 0.0:
+                u = torch.add(u, ks[j], alpha=h * aij)
+        ks.append(func(torch.tensor(t + RK4.c[i] * h, dtype=y.dtype, device=y.device), u))
+    out = torch.add(y, ks[0], alpha=h * RK4.b[0])
+    for bi, k in zip(RK4.b[1:], ks[1:]):
+        out.add_(k, alpha=h * bi)
+    return out
+
+
+def _adams_bashforth_fixed(func: Func, y0: Tensor, t_list: list[float], counts: list[int], order: int) -> Tensor:
+    """Adams-Bashforth of ``order`` (started by RK4) on the fixed grid of ``counts``; the states at ``t_list``.
+
+    Evaluations: ``4`` per RK4 start-up step (the first ``order - 1`` steps), then ``1`` per step, so
+    ``N + 3 (order - 1)`` for ``N >= order - 1`` steps. Where the steps are not all equal (an output
+    interval that ``step_size`` does not divide, or a non-uniform ``t``) the weights are recomputed from
+    the actual nodes (:func:`adams_bashforth_weights`), which keeps the order."""
+    uniform = adams_bashforth_coefficients(order)
+    out = [y0]
+    y = y0
+    slopes: list[Tensor] = []  # f_n, f_{n-1}, ... newest first
+    nodes: list[float] = []  # t_n, t_{n-1}, ...
+    steps_h: list[float] = []  # h_n, h_{n-1}, ...
+    for n, (tn, h, lands) in enumerate(_fixed_steps(t_list, counts)):
+        f = func(torch.tensor(tn, dtype=y0.dtype, device=y0.device), y)
+        if n == 0:
+            _check_output(f, y0)
+        slopes.insert(0, f)
+        nodes.insert(0, tn)
+        steps_h.insert(0, h)
+        del slopes[order:], nodes[order:], steps_h[order:]
+        if n < order - 1:
+            y = _rk4_from_k1(func, tn, y, h, f)
+        else:
+            if all(abs(hj - h) <= 1e-12 * abs(h) for hj in steps_h[1:]):
+                beta = uniform
+            else:
+                beta = adams_bashforth_weights(nodes, tn + h)
+            y = adams_bashforth_step(y, slopes, h, beta)
+        if lands:
+            out.append(y)
+    return torch.stack(out)

@@ -1,0 +1,806 @@
+"""Explicit Runge-Kutta solvers for ``dy/dt = f(t, y)``, all driven by Butcher tableaux.
+
+Every explicit Runge-Kutta method is one :class:`ButcherTableau` (Butcher's array ``c | A | b``,
+{cite}`butcher2016numerical`) and one of two stepping loops: a fixed-step loop (``euler``, ``midpoint``,
+``heun``, ``rk4``, ``rk4_38``) and an adaptive loop for tableaux with an embedded error estimate
+(``bosh3`` {cite}`bogacki1989pair`, ``dopri5`` {cite}`dormand1980family`), with an I or PI step-size controller
+and Hairer's automatic first step {cite}`hairer1993solving` (Sec. II.4). Linear multistep methods
+(``adams_bashforth2/3/4``) live in :mod:`dedl.solvers.multistep`; :func:`odeint` dispatches to both and,
+with ``backend="torchdiffeq"``, to :func:`torchdiffeq.odeint`.
+
+This module depends on torch alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+Func = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = [
+    "ButcherTableau",
+    "EULER",
+    "MIDPOINT",
+    "HEUN",
+    "RK4",
+    "RK4_38",
+    "BOSH3",
+    "DOPRI5",
+    "TABLEAUX",
+    "METHODS",
+    "BACKENDS",
+    "odeint",
+    "rk_step",
+    "euler_step",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Butcher tableaux
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ButcherTableau:
+    r"""An explicit Runge-Kutta method written as Butcher's array {cite}`butcher2016numerical`.
+
+    One step of size :math:`h` from :math:`(t_n, y_n)` computes the stages
+
+    .. math:: k_i = f\Big(t_n + c_i h,\; y_n + h \sum_{j<i} a_{ij} k_j\Big),\qquad i = 1..s,
+
+    and advances with :math:`y_{n+1} = y_n + h \sum_i b_i k_i`. An embedded pair also carries the
+    weights ``b_error`` (:math:`\hat b`) of a second, lower-order solution; the difference
+    :math:`h \sum_i (b_i - \hat b_i) k_i` estimates the local error (Hairer et al. 1993, Sec. II.4).
+
+    Args:
+        c: nodes :math:`c_i`, length ``s``.
+        a: the strictly lower triangular matrix :math:`A`, row ``i`` holding :math:`a_{i0..i-1}`
+            (length ``i``); full rows of length ``s`` with zeros on and above the diagonal are accepted.
+        b: weights :math:`b_i` of the propagated solution, length ``s``.
+        order: the order of the propagated solution.
+        name: a short name (the ``method`` string of :func:`odeint`).
+        b_error: weights :math:`\hat b_i` of the embedded solution (makes the tableau adaptive).
+        error_order: order of the embedded solution (defaults to ``order - 1``).
+        dense: optional dense-output (continuous extension) polynomials: row ``i`` holds the
+            coefficients of :math:`b_i(\theta) = \sum_m d_{im} \theta^{m+1}`, so that
+            :math:`y(t_n + \theta h) \approx y_n + h \sum_i b_i(\theta) k_i`.
+    """
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+    name: str
+    b_error: tuple[float, ...] | None = None
+    error_order: int | None = None
+    dense: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        if s < 1:
+            raise ValueError("a Butcher tableau needs at least one stage")
+        if len(self.a) != s:
+            raise ValueError(f"tableau {self.name!r}: A has {len(self.a)} rows, expected {s}")
+        rows = []
+        for i, row in enumerate(self.a):
+            row = tuple(float(x) for x in row)
+            if len(row) == s:
+                if any(x != 0.0 for x in row[i:]):
+                    raise ValueError(f"tableau {self.name!r}: A must be strictly lower triangular (explicit)")
+                row = row[:i]
+            if len(row) != i:
+                raise ValueError(f"tableau {self.name!r}: row {i} of A has length {len(row)}, expected {i} or {s}")
+            rows.append(row)
+        object.__setattr__(self, "a", tuple(rows))
+        object.__setattr__(self, "c", tuple(float(x) for x in self.c))
+        if len(self.b) != s:
+            raise ValueError(f"tableau {self.name!r}: b has length {len(self.b)}, expected {s}")
+        object.__setattr__(self, "b", tuple(float(x) for x in self.b))
+        if self.b_error is not None:
+            if len(self.b_error) != s:
+                raise ValueError(f"tableau {self.name!r}: b_error has length {len(self.b_error)}, expected {s}")
+            object.__setattr__(self, "b_error", tuple(float(x) for x in self.b_error))
+            if self.error_order is None:
+                object.__setattr__(self, "error_order", self.order - 1)
+        if self.dense is not None and len(self.dense) != s:
+            raise ValueError(f"tableau {self.name!r}: dense has {len(self.dense)} rows, expected {s}")
+
+    @property
+    def stages(self) -> int:
+        """The number of stages ``s``."""
+        return len(self.c)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the tableau carries an embedded error estimate (``b_error``)."""
+        return self.b_error is not None
+
+    @property
+    def fsal(self) -> bool:
+        """First Same As Last: the last stage is evaluated at ``y_{n+1}``, so it is the next step's ``k_1``."""
+        return self.stages > 1 and self.c[-1] == 1.0 and self.a[-1] == self.b[:-1] and self.b[-1] == 0.0
+
+    def stability_polynomial(self) -> list[float]:
+        r"""Coefficients :math:`\gamma_0..\gamma_s` of the stability function :math:`R(z)=\sum_j \gamma_j z^j`.
+
+        Applied to the test equation :math:`y' = \lambda y` with :math:`z = h\lambda`, one step multiplies
+        :math:`y` by :math:`R(z) = 1 + z\, b^\top (I - zA)^{-1} \mathbf 1` {cite}`hairer1996solving` (Sec. IV.2).
+        For an explicit method :math:`A` is nilpotent, so :math:`R` is the polynomial with
+        :math:`\gamma_0 = 1` and :math:`\gamma_j = b^\top A^{j-1}\mathbf 1`.
+        """
+        s = self.stages
+        v = [1.0] * s  # A^{j-1} 1, starting with j = 1
+        coeffs = [1.0]
+        for _ in range(s):
+            coeffs.append(sum(bi * vi for bi, vi in zip(self.b, v)))
+            v = [sum(self.a[i][j] * v[j] for j in range(i)) for i in range(s)]
+        while len(coeffs) > 1 and coeffs[-1] == 0.0:
+            coeffs.pop()
+        return coeffs
+
+    def stability_function(self, z: Tensor) -> Tensor:
+        """Evaluate :math:`R(z)` (see :meth:`stability_polynomial`) at a (complex) tensor ``z`` by Horner's rule."""
+        result = torch.zeros_like(z)
+        for gamma in reversed(self.stability_polynomial()):
+            result = result * z + gamma
+        return result
+
+
+EULER = ButcherTableau(name="euler", c=(0.0,), a=((),), b=(1.0,), order=1)
+MIDPOINT = ButcherTableau(name="midpoint", c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2)
+HEUN = ButcherTableau(name="heun", c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2)
+RK4 = ButcherTableau(
+    name="rk4",
+    c=(0.0, 0.5, 0.5, 1.0),
+    a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    order=4,
+)
+# Kutta's 3/8 rule: the fourth-order method behind torchdiffeq's "rk4".
+RK4_38 = ButcherTableau(
+    name="rk4_38",
+    c=(0.0, 1 / 3, 2 / 3, 1.0),
+    a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+    b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+    order=4,
+)
+# Bogacki-Shampine 3(2), FSAL; dense output by cubic Hermite interpolation.
+BOSH3 = ButcherTableau(
+    name="bosh3",
+    c=(0.0, 0.5, 0.75, 1.0),
+    a=((), (0.5,), (0.0, 0.75), (2 / 9, 1 / 3, 4 / 9)),
+    b=(2 / 9, 1 / 3, 4 / 9, 0.0),
+    b_error=(7 / 24, 1 / 4, 1 / 3, 1 / 8),
+    order=3,
+    error_order=2,
+)
+# Dormand-Prince 5(4), FSAL, with its fourth-order continuous extension (Hairer et al. 1993, Sec. II.6).
+DOPRI5 = ButcherTableau(
+    name="dopri5",
+    c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+    a=(
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+    ),
+    b=(35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0),
+    b_error=(5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40),
+    order=5,
+    error_order=4,
+    dense=(
+        (1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432),
+        (0.0, 0.0, 0.0, 0.0),
+        (0.0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799),
+        (0.0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072),
+        (0.0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632),
+        (0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844),
+        (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423),
+    ),
+)
+
+TABLEAUX: dict[str, ButcherTableau] = {tab.name: tab for tab in (EULER, MIDPOINT, HEUN, RK4, RK4_38, BOSH3, DOPRI5)}
+MULTISTEP_METHODS = ("adams_bashforth2", "adams_bashforth3", "adams_bashforth4")
+METHODS: tuple[str, ...] = tuple(TABLEAUX) + MULTISTEP_METHODS
+BACKENDS = ("dedl", "torchdiffeq")
+
+# dedl method name -> torchdiffeq method name, where the two libraries implement the same method.
+# torchdiffeq's "rk4" is Kutta's 3/8 rule, so it pairs with dedl's "rk4_38"; dedl's "rk4" (the classical
+# method) is handed to it as well so that the two can be compared at the same cost.
+_TORCHDIFFEQ_NAMES = {
+    "euler": "euler",
+    "midpoint": "midpoint",
+    "heun": "heun2",
+    "rk4": "rk4",
+    "rk4_38": "rk4",
+    "bosh3": "bosh3",
+    "dopri5": "dopri5",
+}
+
+_FIXED_OPTIONS = ("step_size", "max_num_steps", "stats")
+_ADAPTIVE_OPTIONS = ("first_step", "max_step", "max_num_steps", "safety", "ifactor", "dfactor", "beta", "stats")
+DEFAULT_MAX_NUM_STEPS = 1_000_000
+
+
+# --------------------------------------------------------------------------------------------------
+# Single steps (for readers and for the discrete architectures of Part II)
+# --------------------------------------------------------------------------------------------------
+
+
+def euler_step(func: Func, t: Tensor | float, y: Tensor, h: float) -> Tensor:
+    r"""One forward Euler step :math:`y + h f(t, y)` (Hairer et al. 1993, Sec. I.7; a ResNet block, Part II)."""
+    return torch.add(y, func(torch.as_tensor(t, dtype=y.dtype, device=y.device), y), alpha=h)
+
+
+def rk_step(func: Func, t: Tensor | float, y: Tensor, h: float, tableau: ButcherTableau) -> Tensor:
+    r"""One explicit Runge-Kutta step of size ``h`` with ``tableau`` (see :class:`ButcherTableau`)."""
+    t = float(t)
+    ks: list[Tensor] = []
+    for i in range(tableau.stages):
+        u = y
+        for j, aij in enumerate(tableau.a[i]):
+            if aij != 0.0:
+                u = torch.add(u, ks[j], alpha=h * aij)
+        ks.append(func(torch.tensor(t + tableau.c[i] * h, dtype=y.dtype, device=y.device), u))
+    out = y
+    for bi, k in zip(tableau.b, ks):
+        if bi != 0.0:
+            out = torch.add(out, k, alpha=h * bi)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_y0_t(func: Any, y0: Any, t: Any) -> tuple[Tensor, Tensor]:
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+    if not isinstance(y0, Tensor):
+        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
+    if not torch.is_floating_point(y0):
+        raise TypeError(f"y0 must be a floating-point tensor (float32 or float64), got dtype {y0.dtype}")
+    if not isinstance(t, Tensor):
+        try:
+            t = torch.as_tensor(t)
+        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+            raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}") from err
+    if t.ndim != 1:
+        raise ValueError(f"t must be a 1-D tensor of times, got shape {tuple(t.shape)}")
+    if t.numel() < 1:
+        raise ValueError("t must hold at least one time point (the initial time), got an empty tensor")
+    if t.is_complex():
+        raise TypeError("t must be real")
+    t = t.detach().to(device=y0.device)
+    t64 = t.to(torch.float64)
+    if not bool(torch.isfinite(t64).all()):
+        raise ValueError("t must be finite, got NaN or Inf")
+    if t.numel() > 1:
+        dt = t64[1:] - t64[:-1]
+        if not (bool((dt > 0).all()) or bool((dt < 0).all())):
+            raise ValueError("t must be strictly monotone (strictly increasing or strictly decreasing)")
+    return y0, t
+
+
+def _check_tol(name: str, tol: Any) -> None:
+    if isinstance(tol, Tensor):
+        if not bool(torch.isfinite(tol).all()) or bool((tol < 0).any()):
+            raise ValueError(f"{name} must be finite and >= 0")
+    elif not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
+
+
+def _resolve_method(method: str | ButcherTableau) -> str | ButcherTableau:
+    if isinstance(method, ButcherTableau):
+        return method
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHODS)} (or a ButcherTableau)")
+    return method
+
+
+def _check_options(options: dict | None, valid: Sequence[str], method_name: str) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for method {method_name!r}; valid options are "
+            + ", ".join(valid)
+        )
+    max_num_steps = options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS)
+    if not isinstance(max_num_steps, int) or isinstance(max_num_steps, bool) or max_num_steps < 1:
+        raise ValueError(f"max_num_steps must be an integer >= 1, got {max_num_steps!r}")
+    options["max_num_steps"] = max_num_steps
+    for key in ("step_size", "first_step", "max_step"):
+        if options.get(key) is not None:
+            value = options[key]
+            value = float(value.item() if isinstance(value, Tensor) else value)
+            if not math.isfinite(value) and not (key == "max_step" and value == math.inf):
+                raise ValueError(f"{key} must be a finite number > 0, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"{key} must be > 0, got {value!r}")
+            options[key] = value
+    return options
+
+
+def _check_output(k: Any, y: Tensor) -> None:
+    """Called once, on the first evaluation of ``func``: its output must look like ``y``."""
+    if not isinstance(k, Tensor):
+        raise TypeError(f"func(t, y) must return a torch.Tensor, got {type(k).__name__}")
+    if k.shape != y.shape:
+        raise ValueError(
+            f"func(t, y) returned shape {tuple(k.shape)} but y has shape {tuple(y.shape)}; they must match"
+        )
+    if k.dtype != y.dtype:
+        raise TypeError(f"func(t, y) returned dtype {k.dtype} but y0 has dtype {y.dtype}; they must match")
+    if k.device != y.device:
+        raise ValueError(f"func(t, y) returned a tensor on {k.device} but y0 is on {y.device}")
+
+
+def _check_finite(solution: Tensor, t: Tensor) -> None:
+    """One reduction over the whole solution. A non-finite state never becomes finite again
+    (``y_{n+1} = y_n + h sum b_i k_i`` carries it along), so a check at the output times suffices."""
+    if not bool(torch.isfinite(solution).all()):
+        bad = (~torch.isfinite(solution.detach().reshape(len(t), -1))).any(dim=1).nonzero()
+        i = int(bad[0])
+        where = f"at t[0] = {float(t[0]):.6g}" if i == 0 else f"between t = {float(t[i - 1]):.6g} and {float(t[i]):.6g}"
+        raise FloatingPointError(f"the solution became NaN or Inf {where}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed-step Runge-Kutta loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _fixed_counts(t_list: list[float], step_size: float | None, max_num_steps: int) -> list[int]:
+    """The number of steps in each interval ``[t_i, t_{i+1}]`` of the output times.
+
+    Without ``step_size`` each interval is one step. With it, each interval is cut into
+    ``ceil(|t_{i+1} - t_i| / step_size)`` equal steps, so that steps land exactly on every output time
+    (no interpolation) and no step is longer than ``step_size``.
+    """
+    if step_size is None:
+        counts = [1] * (len(t_list) - 1)
+    else:
+        counts = [max(1, math.ceil(abs(b - a) / step_size * (1 - 1e-10))) for a, b in zip(t_list[:-1], t_list[1:])]
+    total = sum(counts)
+    if total > max_num_steps:
+        raise RuntimeError(
+            f"max_num_steps exceeded: the fixed grid needs {total} steps but max_num_steps = {max_num_steps}"
+        )
+    return counts
+
+
+def _fixed_steps(t_list: list[float], counts: list[int]) -> Iterator[tuple[float, float, bool]]:
+    """Yield ``(t_n, h_n, lands_on_an_output_time)`` for every step, lazily (memory independent of the
+    number of steps, which the adjoint relies on)."""
+    for (a, b), n in zip(zip(t_list[:-1], t_list[1:]), counts):
+        d = (b - a) / n
+        for j in range(n):
+            yield a + j * d, d, j == n - 1
+
+
+_CHUNK = 16  # steps whose stage times are made at once (one tensor, split into 0-d views)
+
+
+def _rk_fixed(func: Func, y0: Tensor, t_list: list[float], counts: list[int], tab: ButcherTableau) -> Tensor:
+    """Integrate with an explicit RK tableau on the fixed grid of ``counts``; the states at ``t_list``.
+
+    The same step as :func:`rk_step`, with the zero entries of ``A`` and ``b`` skipped and the stage
+    times of a chunk of steps made in one tensor (split into 0-d views), so that the loop costs little
+    beyond the ``stages`` evaluations of ``func`` per step. The outputs are stacked once at the end."""
+    plan = [tuple((j, aij) for j, aij in enumerate(row) if aij != 0.0) for row in tab.a]
+    weights = tab.b
+    s = tab.stages
+    steps = _fixed_steps(t_list, counts)
+    out = [y0]
+    y = y0
+    first = True
+    while chunk := list(itertools.islice(steps, _CHUNK)):
+        times = torch.tensor(
+            [tn + ci * h for tn, h, _ in chunk for ci in tab.c], dtype=y0.dtype, device=y0.device
+        ).unbind()
+        for n, (_, h, lands) in enumerate(chunk):
+            ks: list[Tensor] = []
+            y_next = y
+            for i, terms in enumerate(plan):
+                u = y
+                for j, aij in terms:
+                    u = torch.add(u, ks[j], alpha=h * aij)
+                ks.append(func(times[n * s + i], u))
+                if first:
+                    _check_output(ks[0], y0)
+                    first = False
+                if weights[i] != 0.0:
+                    y_next = torch.add(y_next, ks[i], alpha=h * weights[i])
+            y = y_next
+            if lands:
+                out.append(y)
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Adaptive Runge-Kutta loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _error_ratio(err: Tensor, y: Tensor, y1: Tensor, rtol: float | Tensor, atol: float | Tensor) -> float:
+    r"""RMS norm of ``err / (atol + rtol max(|y|, |y1|))`` (Hairer et al. 1993, eq. II.4.11)."""
+    with torch.no_grad():
+        scale = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
+        return float(torch.linalg.vector_norm(err / scale)) / math.sqrt(max(err.numel(), 1))
+
+
+def _initial_step(
+    func: Func, t0: float, y0: Tensor, f0: Tensor, order: int, rtol: Any, atol: Any, direction: float
+) -> float:
+    """Hairer's automatic choice of the first step (Hairer et al. 1993, Sec. II.4, 'Starting step size').
+
+    ``order`` is that of the error estimate (4 for dopri5), as in Hairer's code and scipy, so that
+    ``h1 = (0.01 / max(d1, d2)) ** (1 / (order + 1))``. Costs one extra evaluation of ``func``."""
+    n = math.sqrt(max(y0.numel(), 1))
+    with torch.no_grad():
+        scale = (y0.abs() * rtol + atol)
+        d0 = float(torch.linalg.vector_norm(y0 / scale)) / n
+        d1 = float(torch.linalg.vector_norm(f0 / scale)) / n
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        y1 = torch.add(y0, f0, alpha=direction * h0)
+        f1 = func(torch.tensor(t0 + direction * h0, dtype=y0.dtype, device=y0.device), y1)
+        d2 = float(torch.linalg.vector_norm((f1 - f0) / scale)) / n / h0
+    if not (math.isfinite(d1) and math.isfinite(d2)):
+        raise FloatingPointError(f"func returned NaN or Inf near t = {t0:.6g} while choosing the first step")
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1)
+
+
+def _rk_adaptive(
+    func: Func,
+    y0: Tensor,
+    t_list: list[float],
+    tab: ButcherTableau,
+    rtol: Any,
+    atol: Any,
+    options: dict,
+) -> Tensor:
+    """Adaptive explicit RK with an embedded pair, PI step control and dense output onto ``t``."""
+    dtype, device = y0.dtype, y0.device
+    t0, t_end = t_list[0], t_list[-1]
+    direction = 1.0 if t_end > t0 else -1.0
+    max_num_steps = options["max_num_steps"]
+    safety = float(options.get("safety", 0.9))
+    ifactor = float(options.get("ifactor", 10.0))
+    dfactor = float(options.get("dfactor", 0.2))
+    beta = float(options.get("beta", 0.0))
+    max_step = float(options.get("max_step") or math.inf)
+    stats = options.get("stats")
+    if not (0 < safety <= 1 and ifactor >= 1 and 0 < dfactor <= 1 and 0 <= beta < 0.2):
+        raise ValueError(
+            "need 0 < safety <= 1, ifactor >= 1, 0 < dfactor <= 1 and 0 <= beta < 0.2, got "
+            f"safety={safety}, ifactor={ifactor}, dfactor={dfactor}, beta={beta}"
+        )
+    q = min(tab.order, tab.error_order or tab.order - 1)
+    alpha = 1.0 / (q + 1) - 0.75 * beta  # PI controller exponents (Hairer et al. 1993, Sec. IV.2 / dopri5.f)
+    eps = torch.finfo(dtype).eps
+    s = tab.stages
+    c = tab.c
+    plan = [tuple((j, aij) for j, aij in enumerate(tab.a[i]) if aij != 0.0) for i in range(s)]
+    bw = tuple((j, bj) for j, bj in enumerate(tab.b) if bj != 0.0)
+    ew = tuple((j, bj - ej) for j, (bj, ej) in enumerate(zip(tab.b, tab.b_error)) if bj - ej != 0.0)
+    fsal = tab.fsal
+    dense = tab.dense
+
+    def tt(x: float) -> Tensor:
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    nfe = 1
+    k1 = func(tt(t0), y0)
+    _check_output(k1, y0)
+    if options.get("first_step") is not None:
+        h = options["first_step"]
+    else:
+        h = _initial_step(func, t0, y0, k1, q, rtol, atol, direction)
+        nfe += 1
+    h = min(h, max_step, abs(t_end - t0))
+
+    out = [y0]
+    j_out = 1  # next output to fill
+    n_out = len(t_list)
+    t, y = t0, y0
+    err_old = 1e-4
+    rejected_last = False
+    n_steps = n_accepted = n_rejected = 0
+    step_t: list[float] = []
+    step_h: list[float] = []
+    while j_out < n_out:
+        if n_steps >= max_num_steps:
+            raise RuntimeError(
+                f"max_num_steps = {max_num_steps} exceeded at t = {t:.6g} (integrating to {t_end:.6g}); "
+                "the problem may be stiff: loosen rtol/atol, raise options['max_num_steps'] or use another method"
+            )
+        n_steps += 1
+        last = 1.01 * h >= abs(t_end - t)  # as in Hairer's dopri5.f: stretch by up to 1% to land on t_end
+        if last:
+            h = abs(t_end - t)
+        hs = direction * h
+        t_new = t_end if last else t + hs
+        ks = [k1]
+        for i in range(1, s):
+            terms = plan[i]
+            j, aij = terms[0]
+            u = torch.add(y, ks[j], alpha=hs * aij)
+            for j, aij in terms[1:]:
+                u.add_(ks[j], alpha=hs * aij)
+            if fsal and i == s - 1:
+                y1 = u
+            ks.append(func(tt(t + c[i] * hs), u))
+        nfe += s - 1
+        if not fsal:
+            j, bj = bw[0]
+            y1 = torch.add(y, ks[j], alpha=hs * bj)
+            for j, bj in bw[1:]:
+                y1 = y1.add(ks[j], alpha=hs * bj)
+        with torch.no_grad():
+            j, ej = ew[0]
+            err = ks[j] * (hs * ej)
+            for j, ej in ew[1:]:
+                err.add_(ks[j], alpha=hs * ej)
+        ratio = _error_ratio(err, y, y1, rtol, atol)
+        if not math.isfinite(ratio):
+            raise FloatingPointError(
+                f"the solution became NaN or Inf in the step from t = {t:.6g} to {t_new:.6g} "
+                f"(error estimate {ratio})"
+            )
+        if ratio <= 1.0:
+            n_accepted += 1
+            if stats is not None:
+                step_t.append(t)
+                step_h.append(hs)
+            # next k1: FSAL reuses the last stage, otherwise one evaluation (also needed by Hermite output)
+            if fsal:
+                k1_new = ks[-1]
+            else:
+                k1_new = func(tt(t_new), y1)
+                nfe += 1
+            # outputs in (t, t_new]
+            while j_out < n_out and (t_list[j_out] - t_new) * direction <= 0:
+                tj = t_list[j_out]
+                if tj == t_new:
+                    out.append(y1)
+                else:
+                    theta = (tj - t) / hs
+                    out.append(_interpolate(y, y1, ks, k1_new, hs, theta, dense))
+                j_out += 1
+            # PI controller (Gustafsson; Hairer et al. 1993, Sec. IV.2): h <- h * safety * err^-alpha * err_old^beta
+            factor = ifactor if ratio == 0.0 else safety * ratio ** (-alpha) * err_old**beta
+            factor = min(ifactor, max(dfactor, factor))
+            if rejected_last:
+                factor = min(factor, 1.0)
+            err_old = max(ratio, 1e-4)
+            rejected_last = False
+            t, y, k1 = t_new, y1, k1_new
+        else:
+            n_rejected += 1
+            factor = max(dfactor, safety * ratio ** (-alpha))
+            rejected_last = True
+        h = min(h * factor, max_step)
+        if h <= 16 * eps * max(abs(t), 1e-300) and j_out < n_out:
+            raise RuntimeError(
+                f"step size underflow: h = {h:.3g} at t = {t:.17g}; the solution may blow up in finite time "
+                "near this t, or the problem may be too stiff for an explicit method"
+            )
+    if stats is not None:
+        stats.update(
+            nfe=nfe, n_steps=n_steps, n_accepted=n_accepted, n_rejected=n_rejected, t=step_t, h=step_h
+        )
+    return torch.stack(out)
+
+
+def _interpolate(
+    y0: Tensor, y1: Tensor, ks: list[Tensor], f1: Tensor, h: float, theta: float, dense: Any
+) -> Tensor:
+    """State at ``t + theta h`` inside an accepted step: the tableau's continuous extension when it has one
+    (dopri5: order 4), else cubic Hermite interpolation of ``y0, f0, y1, f1`` (order 3)."""
+    if dense is not None:
+        out = y0
+        for k, row in zip(ks, dense):
+            w = 0.0
+            for coef in reversed(row):
+                w = (w + coef) * theta
+            if w != 0.0:
+                out = torch.add(out, k, alpha=h * w)
+        return out
+    h00 = (1 + 2 * theta) * (1 - theta) ** 2
+    h10 = theta * (1 - theta) ** 2
+    h01 = theta**2 * (3 - 2 * theta)
+    h11 = theta**2 * (theta - 1)
+    return (y0 * h00).add(ks[0], alpha=h * h10).add(y1, alpha=h01).add(f1, alpha=h * h11)
+
+
+# --------------------------------------------------------------------------------------------------
+# The public entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def odeint(
+    func: Func,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    method: str | ButcherTableau = "dopri5",
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    options: dict | None = None,
+    backend: str = "dedl",
+) -> Tensor:
+    r"""Solve the initial value problem :math:`y' = f(t, y)`, :math:`y(t_0) = y_0`, at the times ``t``.
+
+    Explicit Runge-Kutta methods are given by Butcher tableaux {cite}`butcher2016numerical`; the adaptive
+    ones follow {cite}`hairer1993solving` (Sec. II.4: error estimate, first step; Sec. IV.2: PI control),
+    and the call mirrors :func:`torchdiffeq.odeint` {cite}`chen2018neural`.
+
+    Args:
+        func: the vector field ``func(t, y)``, ``t`` a 0-d tensor and ``y`` a tensor shaped like ``y0``;
+            it must return a tensor of the same shape, dtype and device.
+        y0: the initial state, a floating-point tensor of any shape (a batch is just more dimensions).
+            The solution has its dtype and device.
+        t: 1-D, strictly increasing or strictly decreasing times (decreasing integrates backward);
+            ``t[0]`` is the initial time. ``t`` is treated as a constant: no gradient flows into it
+            (:func:`dedl.solvers.odeint_adjoint` supports gradients with respect to ``t``).
+        method: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``, ``"rk4_38"`` (fixed step);
+            ``"adams_bashforth2"``, ``"adams_bashforth3"``, ``"adams_bashforth4"`` (fixed step, linear
+            multistep, started with RK4); ``"bosh3"``, ``"dopri5"`` (adaptive); or a
+            :class:`ButcherTableau` (adaptive when it has ``b_error``).
+        rtol, atol: relative and absolute tolerance of the adaptive methods (floats, or tensors that
+            broadcast against ``y0``). A step is accepted when the RMS norm of
+            ``error / (atol + rtol * max(|y_n|, |y_{n+1}|))`` is at most 1. Ignored by fixed-step methods.
+        options: a dict. Fixed-step methods:
+
+            * ``step_size``: the largest step. Each interval between consecutive output times is cut
+              into ``ceil(|t_{i+1} - t_i| / step_size)`` equal steps, so the steps land exactly on every
+              output time (no interpolation). Without it, the steps are the intervals of ``t``.
+            * ``max_num_steps`` (default 1,000,000): checked before the solve starts.
+
+            Adaptive methods:
+
+            * ``first_step``: the first step size (default: Hairer's algorithm, one extra evaluation).
+            * ``max_step``: an upper bound on the step size (default: none).
+            * ``max_num_steps`` (default 1,000,000): bound on attempted (accepted + rejected) steps;
+              exceeding it raises ``RuntimeError``.
+            * ``safety`` (0.9), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest shrink),
+              ``beta`` (default 0, the classical I controller, as in torchdiffeq; about 0.04 turns it into
+              Gustafsson's PI controller, which damps oscillating step sizes at the price of a few more steps).
+            * Output at times between steps comes from the continuous extension of dopri5 (order 4)
+              or from cubic Hermite interpolation (order 3, used for bosh3); steps do not stop at the
+              output times, only at ``t[-1]`` (a step that would end within 1% short of it is stretched
+              to land on it, as in Hairer's code).
+
+            Both: ``stats``: a dict that the solver fills with ``nfe``; adaptive methods add
+            ``n_steps``, ``n_accepted``, ``n_rejected`` and the accepted steps' start times ``t`` and
+            sizes ``h`` (dedl only).
+        backend: ``"dedl"`` or ``"torchdiffeq"``. The latter hands the same call to
+            :func:`torchdiffeq.odeint`, mapping names where both implement the same method
+            (``heun`` -> ``heun2``; torchdiffeq's ``rk4`` is the 3/8 rule, dedl's ``rk4_38``); other
+            torchdiffeq method names are passed through.
+
+    Returns:
+        The solution at every time of ``t``, shape ``(len(t), *y0.shape)``; ``[0]`` equals ``y0``.
+
+    Raises:
+        TypeError: ``func`` not callable, ``y0`` not a floating-point tensor, or ``func`` returns a
+            different dtype.
+        ValueError: ``t`` not 1-D, empty, non-finite or not strictly monotone; ``func`` returns a
+            different shape; unknown method, backend or option; ``step_size <= 0``; bad tolerances.
+        FloatingPointError: the state or the error estimate becomes NaN or Inf.
+        RuntimeError: the adaptive step size underflows (e.g. the solution blows up in finite time),
+            or ``max_num_steps`` is exceeded.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends are {', '.join(map(repr, BACKENDS))}")
+    if backend == "torchdiffeq":
+        return _torchdiffeq_call("odeint", func, y0, t, method, rtol, atol, options)
+    y0, t = _check_y0_t(func, y0, t)
+    method = _resolve_method(method)
+    _check_tol("rtol", rtol)
+    _check_tol("atol", atol)
+    return _solve(func, y0, t, method, rtol, atol, options)
+
+
+def _solve(
+    func: Func,
+    y0: Tensor,
+    t: Tensor,
+    method: str | ButcherTableau,
+    rtol: Any,
+    atol: Any,
+    options: dict | None,
+) -> Tensor:
+    """The dedl solve after the input checks (also used by the adjoint's backward pass)."""
+    t_list = [float(x) for x in t.tolist()]
+    if isinstance(method, str) and method in MULTISTEP_METHODS:
+        from dedl.solvers import multistep  # lazy: multistep imports this module
+
+        opts = _check_options(options, _FIXED_OPTIONS, method)
+        if len(t_list) == 1:
+            return y0.unsqueeze(0).clone()
+        counts = _fixed_counts(t_list, opts.get("step_size"), opts["max_num_steps"])
+        order = int(method[-1])
+        counted = _Counter(func)
+        solution = multistep._adams_bashforth_fixed(counted, y0, t_list, counts, order)
+        _fill_stats(opts, counted)
+    else:
+        tab = method if isinstance(method, ButcherTableau) else TABLEAUX[method]
+        opts = _check_options(options, _ADAPTIVE_OPTIONS if tab.adaptive else _FIXED_OPTIONS, tab.name)
+        if len(t_list) == 1:
+            return y0.unsqueeze(0).clone()
+        if tab.adaptive:
+            if isinstance(rtol, (int, float)) and isinstance(atol, (int, float)) and rtol == 0 and atol == 0:
+                raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
+            solution = _rk_adaptive(func, y0, t_list, tab, rtol, atol, opts)
+        else:
+            counts = _fixed_counts(t_list, opts.get("step_size"), opts["max_num_steps"])
+            solution = _rk_fixed(func, y0, t_list, counts, tab)
+            if opts.get("stats") is not None:
+                opts["stats"].update(nfe=tab.stages * sum(counts), n_steps=sum(counts))
+    _check_finite(solution, t)
+    return solution
+
+
+class _Counter:
+    """Counts evaluations for the ``stats`` option of the multistep path."""
+
+    def __init__(self, func: Func):
+        self.func = func
+        self.nfe = 0
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.func(t, y)
+
+
+def _fill_stats(opts: dict, counted: _Counter) -> None:
+    if opts.get("stats") is not None:
+        opts["stats"].update(nfe=counted.nfe)
+
+
+def _torchdiffeq_call(
+    name: str, func: Func, y0: Tensor, t: Any, method: Any, rtol: Any, atol: Any, options: dict | None, **extra: Any
+) -> Tensor:
+    """Hand an ``odeint`` / ``odeint_adjoint`` call to torchdiffeq (imported lazily)."""
+    try:
+        import torchdiffeq
+    except ImportError as err:  # pragma: no cover - torchdiffeq is a dependency of the book
+        raise ImportError("backend='torchdiffeq' needs the torchdiffeq package: pip install torchdiffeq") from err
+    if isinstance(method, ButcherTableau):
+        raise ValueError("backend='torchdiffeq' takes a method name, not a ButcherTableau")
+    if method in MULTISTEP_METHODS:
+        raise ValueError(
+            f"torchdiffeq has no fixed-order {method!r} started by RK4 (its 'explicit_adams' ramps the order "
+            "up from 1); use backend='dedl' for it"
+        )
+    if not isinstance(method, str):
+        raise ValueError(f"unknown method {method!r}")
+    import importlib
+
+    solvers = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
+    td_method = _TORCHDIFFEQ_NAMES.get(method, method)
+    if td_method not in solvers:
+        valid = sorted(set(_TORCHDIFFEQ_NAMES) | set(solvers))
+        raise ValueError(f"unknown method {method!r} for backend 'torchdiffeq'; valid methods are {', '.join(valid)}")
+    options = dict(options or {})
+    if "stats" in options:
+        raise ValueError("the 'stats' option is dedl's; torchdiffeq does not take it")
+    if not isinstance(t, Tensor):
+        t = torch.as_tensor(t, dtype=y0.dtype if isinstance(y0, Tensor) else None)
+    fn = getattr(torchdiffeq, name)
+    return fn(func, y0, t, rtol=rtol, atol=atol, method=td_method, options=options or None, **extra)

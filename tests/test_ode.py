@@ -1,0 +1,352 @@
+"""dedl.solvers.odeint: orders of convergence, adaptivity, agreement with torchdiffeq, shapes, dtypes, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dedl.solvers import (
+    DOPRI5,
+    RK4,
+    TABLEAUX,
+    ButcherTableau,
+    adams_bashforth_coefficients,
+    adams_bashforth_weights,
+    odeint,
+)
+from dedl.utils import NFECounter
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+
+
+# y1' = y1 cos t  -> y1 = exp(sin t);   y2' = -2 t y2 -> y2 = exp(-t^2)  (closed forms)
+def field(t, y):
+    return torch.stack([y[..., 0] * torch.cos(t), -2 * t * y[..., 1]], dim=-1)
+
+
+def exact(t):
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return torch.stack([torch.exp(torch.sin(t)), torch.exp(-t * t)], dim=-1)
+
+
+Y0 = torch.tensor([1.0, 1.0], dtype=torch.float64)
+T_END = 2.0
+
+
+def global_error(method: str, n: int) -> float:
+    t = torch.tensor([0.0, T_END], dtype=torch.float64)
+    y = odeint(field, Y0, t, method=method, options={"step_size": T_END / n})
+    return float((y[-1] - exact(T_END)).abs().max())
+
+
+ORDERS = {
+    "euler": (1, [20, 40, 80, 160, 320]),
+    "midpoint": (2, [40, 80, 160, 320, 640]),
+    "heun": (2, [20, 40, 80, 160, 320]),
+    "rk4": (4, [20, 40, 80, 160, 320]),
+    "rk4_38": (4, [20, 40, 80, 160, 320]),
+    # the multistep errors reach their asymptotic rate later on this problem
+    "adams_bashforth2": (2, [20, 40, 80, 160, 320]),
+    "adams_bashforth3": (3, [160, 320, 640, 1280, 2560]),
+    "adams_bashforth4": (4, [80, 160, 320, 640, 1280]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(ORDERS))
+def test_convergence_order(method):
+    order, ns = ORDERS[method]
+    hs = [T_END / n for n in ns]
+    errors = [global_error(method, n) for n in ns]
+    slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
+    assert abs(slope - order) <= 0.15, f"{method}: measured order {slope:.3f}, theory {order}"
+
+
+@pytest.mark.parametrize("method", ["bosh3", "dopri5"])
+def test_adaptive_error_decreases_and_meets_tolerance(method):
+    t = torch.linspace(0, T_END, 9, dtype=torch.float64)
+    errors = []
+    for tol in (1e-4, 1e-6, 1e-8):
+        y = odeint(field, Y0, t, method=method, rtol=tol, atol=tol)
+        err = float(((y - exact(t)).abs() / (1 + exact(t).abs())).max())
+        errors.append(err)
+        assert err <= 10 * tol, f"{method} at tol {tol}: error {err}"
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_dense_output_keeps_accuracy():
+    # many output times inside the steps: interpolation must not spoil the tolerance
+    t = torch.linspace(0, T_END, 201, dtype=torch.float64)
+    for method in ("bosh3", "dopri5"):
+        y = odeint(field, Y0, t, method=method, rtol=1e-8, atol=1e-8)
+        assert float((y - exact(t)).abs().max()) < 1e-6
+
+
+def test_dopri5_dense_output_matches_b_at_theta_one():
+    for row, b in zip(DOPRI5.dense, DOPRI5.b):
+        assert sum(row) == pytest.approx(b, abs=1e-14)
+
+
+def test_tableaux_are_consistent():
+    for tab in TABLEAUX.values():
+        assert sum(tab.b) == pytest.approx(1.0)
+        for ci, row in zip(tab.c, tab.a):
+            assert sum(row) == pytest.approx(ci)
+        if tab.b_error is not None:
+            assert sum(tab.b_error) == pytest.approx(1.0)
+    # stability polynomial of an order-p method with p = s <= 4 is the Taylor polynomial of exp
+    assert RK4.stability_polynomial() == pytest.approx([1, 1, 1 / 2, 1 / 6, 1 / 24])
+    z = torch.tensor([-1.0 + 0.5j])
+    assert RK4.stability_function(z).item() == pytest.approx(sum(z.item() ** j / math.factorial(j) for j in range(5)))
+
+
+def test_custom_tableau_as_method():
+    ralston = ButcherTableau(name="ralston", c=(0, 2 / 3), a=((), (2 / 3,)), b=(1 / 4, 3 / 4), order=2)
+    e1, e2 = [
+        float((odeint(field, Y0, torch.tensor([0.0, T_END], dtype=torch.float64), method=ralston,
+                      options={"step_size": T_END / n})[-1] - exact(T_END)).abs().max())
+        for n in (40, 80)
+    ]
+    assert math.log2(e1 / e2) == pytest.approx(2, abs=0.15)
+
+
+def test_adams_bashforth_weights():
+    for k in (2, 3, 4):
+        nodes = [0.0 - j * 0.1 for j in range(k)]
+        assert adams_bashforth_weights(nodes, 0.1) == pytest.approx(adams_bashforth_coefficients(k), abs=1e-12)
+
+
+def test_adams_bashforth_on_nonuniform_grid_keeps_order():
+    errors = []
+    for n in (40, 80, 160):
+        s = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+        t = T_END * (s + 0.2 * torch.sin(math.pi * s) / math.pi)  # smoothly varying steps
+        y = odeint(field, Y0, t, method="adams_bashforth3")
+        errors.append(float((y[-1] - exact(T_END)).abs().max()))
+    slope = math.log2(errors[0] / errors[1]), math.log2(errors[1] / errors[2])
+    assert all(abs(s - 3) < 0.3 for s in slope)
+
+
+# ---- agreement with torchdiffeq ------------------------------------------------------------------
+
+SAME_FIXED = [("euler", "euler"), ("midpoint", "midpoint"), ("heun", "heun2"), ("rk4_38", "rk4")]
+
+
+@pytest.mark.parametrize("ours,theirs", SAME_FIXED)
+def test_fixed_step_agrees_with_torchdiffeq(ours, theirs):
+    t = torch.linspace(0, T_END, 41, dtype=torch.float64)
+    y = odeint(field, Y0, t, method=ours)
+    y_td = torchdiffeq.odeint(field, Y0, t, method=theirs)
+    torch.testing.assert_close(y, y_td, rtol=1e-12, atol=1e-12)
+
+
+def test_classical_rk4_close_to_torchdiffeq_rk4():
+    t = torch.linspace(0, T_END, 201, dtype=torch.float64)
+    y = odeint(field, Y0, t, method="rk4")
+    y_td = torchdiffeq.odeint(field, Y0, t, method="rk4")  # the 3/8 rule: same order, other constants
+    torch.testing.assert_close(y, y_td, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["bosh3", "dopri5"])
+def test_adaptive_agrees_with_torchdiffeq(method):
+    # bosh3: compare at the end point only, torchdiffeq's bosh3 interpolation is less accurate than its steps
+    t = torch.linspace(0, T_END, 5 if method == "dopri5" else 2, dtype=torch.float64)
+    y = odeint(field, Y0, t, method=method, rtol=1e-9, atol=1e-10)
+    y_td = torchdiffeq.odeint(field, Y0, t, method=method, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(y, y_td, rtol=0, atol=1e-7 if method == "dopri5" else 1e-6)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4_38", "bosh3", "dopri5"])
+def test_backend_torchdiffeq_gives_same_answer(method):
+    t = torch.linspace(0, T_END, 2 if method == "bosh3" else 11, dtype=torch.float64)
+    y = odeint(field, Y0, t, method=method, rtol=1e-9, atol=1e-10)
+    y_td = odeint(field, Y0, t, method=method, rtol=1e-9, atol=1e-10, backend="torchdiffeq")
+    torch.testing.assert_close(y, y_td, rtol=0, atol=1e-4 if method == "euler" else 1e-6)
+
+
+# ---- NFE -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,per_step", [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)])
+def test_nfe_fixed_step(method, per_step):
+    counter = NFECounter(field)
+    odeint(counter, Y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method=method, options={"step_size": 0.01})
+    assert counter.nfe == per_step * 100
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_nfe_adams_bashforth(order):
+    counter = NFECounter(field)
+    odeint(counter, Y0, torch.linspace(0, 1, 51, dtype=torch.float64), method=f"adams_bashforth{order}")
+    assert counter.nfe == 50 + 3 * (order - 1)  # RK4 start-up: 4 evaluations for each of order - 1 steps
+
+
+def test_nfe_dopri5_matches_stats():
+    counter = NFECounter(field)
+    stats: dict = {}
+    odeint(counter, Y0, torch.linspace(0, T_END, 4, dtype=torch.float64), options={"stats": stats})
+    # one evaluation at t0, one for the first-step choice, then 6 per attempted step (FSAL)
+    assert counter.nfe == stats["nfe"] == 2 + 6 * stats["n_steps"]
+    assert stats["n_accepted"] + stats["n_rejected"] == stats["n_steps"]
+
+
+# ---- time direction, shapes, dtypes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "adams_bashforth3", "bosh3", "dopri5"])
+def test_backward_in_time(method):
+    t = torch.linspace(T_END, 0.0, 21, dtype=torch.float64)
+    y = odeint(field, exact(T_END), t, method=method, rtol=1e-9, atol=1e-10, options=None
+               if method in ("bosh3", "dopri5") else {"step_size": 0.01})
+    tol = {"euler": 5e-2, "adams_bashforth3": 1e-5}.get(method, 1e-6)
+    torch.testing.assert_close(y, exact(t), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("method", ["rk4", "adams_bashforth2", "dopri5"])
+def test_batch_shapes(method):
+    y0 = Y0.expand(3, 4, 2).clone()
+    t = torch.linspace(0, 1, 6, dtype=torch.float64)
+    y = odeint(field, y0, t, method=method)
+    assert y.shape == (6, 3, 4, 2)
+    torch.testing.assert_close(y[:, 1, 2], odeint(field, Y0, t, method=method))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["rk4", "adams_bashforth4", "dopri5"])
+def test_dtypes(dtype, method):
+    t = torch.linspace(0, 1, 11)
+    y = odeint(field, Y0.to(dtype), t, method=method, rtol=1e-6, atol=1e-6, options=None
+               if method == "dopri5" else {"step_size": 0.01})
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), exact(t.double()), rtol=0, atol=1e-5)
+
+
+def test_single_time_point_returns_y0():
+    y = odeint(field, Y0, torch.tensor([0.0]))
+    assert y.shape == (1, 2)
+    torch.testing.assert_close(y[0], Y0)
+
+
+def test_step_size_lands_on_output_times():
+    counter = NFECounter(field)
+    t = torch.tensor([0.0, 0.25, 0.3, 1.0], dtype=torch.float64)
+    y = odeint(counter, Y0, t, method="rk4", options={"step_size": 0.1})
+    assert counter.nfe == 4 * (3 + 1 + 7)  # ceil(0.25/0.1) + ceil(0.05/0.1) + ceil(0.7/0.1) steps
+    torch.testing.assert_close(y, exact(t), rtol=0, atol=1e-5)
+
+
+def test_backprop_through_solver():
+    y0 = Y0.clone().requires_grad_(True)
+    y = odeint(field, y0, torch.tensor([0.0, T_END], dtype=torch.float64), method="dopri5")
+    y[-1].sum().backward()
+    # the flow is diagonal: d y_i(T) / d y_i(0) = exact_i(T)
+    torch.testing.assert_close(y0.grad, exact(T_END), rtol=1e-6, atol=0)
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+T01 = torch.tensor([0.0, 1.0], dtype=torch.float64)
+
+
+def test_t_not_1d():
+    with pytest.raises(ValueError, match="1-D"):
+        odeint(field, Y0, torch.zeros(2, 2, dtype=torch.float64))
+
+
+def test_t_not_monotone():
+    with pytest.raises(ValueError, match="strictly monotone"):
+        odeint(field, Y0, torch.tensor([0.0, 1.0, 0.5]))
+    with pytest.raises(ValueError, match="strictly monotone"):
+        odeint(field, Y0, torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_t_empty():
+    with pytest.raises(ValueError, match="at least one time point"):
+        odeint(field, Y0, torch.tensor([]))
+
+
+def test_shape_mismatch():
+    with pytest.raises(ValueError, match="shape"):
+        odeint(lambda t, y: y[:1], Y0, T01)
+    with pytest.raises(ValueError, match="shape"):
+        odeint(lambda t, y: y.sum(), Y0, T01, method="rk4")
+
+
+def test_dtype_mismatch():
+    with pytest.raises(TypeError, match="dtype"):
+        odeint(lambda t, y: y.float(), Y0, T01)
+
+
+def test_non_floating_y0():
+    with pytest.raises(TypeError, match="floating-point"):
+        odeint(field, torch.tensor([1, 2]), T01)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown method 'rk45'.*dopri5"):
+        odeint(field, Y0, T01, method="rk45")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'scipy'.*torchdiffeq"):
+        odeint(field, Y0, T01, backend="scipy")
+
+
+def test_unknown_option():
+    with pytest.raises(ValueError, match="unknown option.*'stepsize'"):
+        odeint(field, Y0, T01, method="rk4", options={"stepsize": 0.1})
+
+
+def test_step_size_underflow_on_blow_up():
+    # y' = y^2, y(0) = 1 has y = 1 / (1 - t): infinite at t = 1
+    with pytest.raises(RuntimeError, match="underflow"):
+        odeint(lambda t, y: y * y, torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0, 2.0]))
+
+
+def test_nan_in_state_fixed_step():
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        odeint(lambda t, y: y * y, torch.tensor([1.0]), torch.tensor([0.0, 2.0]), method="rk4",
+               options={"step_size": 0.1})
+
+
+def test_nan_in_state_adaptive():
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        odeint(lambda t, y: torch.where(t > 0.5, torch.nan, 1.0) * y, Y0, T01)
+
+
+def test_nan_from_func_multistep():
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        odeint(lambda t, y: y / (t - t), Y0, T01, method="adams_bashforth2", options={"step_size": 0.1})
+
+
+@pytest.mark.parametrize("step", [0.0, -0.1, float("nan")])
+def test_bad_step_size(step):
+    with pytest.raises(ValueError, match="step_size"):
+        odeint(field, Y0, T01, method="rk4", options={"step_size": step})
+
+
+def test_max_num_steps_fixed():
+    with pytest.raises(RuntimeError, match="max_num_steps"):
+        odeint(field, Y0, T01, method="euler", options={"step_size": 1e-3, "max_num_steps": 100})
+
+
+def test_max_num_steps_adaptive():
+    with pytest.raises(RuntimeError, match="max_num_steps"):
+        odeint(field, Y0, T01, method="dopri5", rtol=1e-12, atol=1e-12, options={"max_num_steps": 5})
+
+
+def test_bad_tolerance():
+    with pytest.raises(ValueError, match="rtol"):
+        odeint(field, Y0, T01, rtol=-1.0)
+
+
+def test_y0_not_tensor():
+    with pytest.raises(TypeError, match="y0"):
+        odeint(field, [1.0, 1.0], T01)
+
+
+def test_torchdiffeq_backend_rejects_multistep():
+    with pytest.raises(ValueError, match="torchdiffeq has no"):
+        odeint(field, Y0, T01, method="adams_bashforth2", backend="torchdiffeq")
