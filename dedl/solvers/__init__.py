@@ -1,7 +1,9 @@
-"""ODE solvers: the ground floor of dedl, depending on torch alone.
+"""ODE and SDE solvers: the ground floor of dedl, depending on torch alone.
 
 ``odeint(func, y0, t, method=..., rtol=..., atol=..., options=..., backend="dedl" | "torchdiffeq")``
 mirrors :func:`torchdiffeq.odeint`; ``odeint_adjoint`` computes gradients with the adjoint ODE.
+``sdeint(sde, y0, t, method=..., dt=..., bm=..., backend="dedl" | "torchsde")`` mirrors :func:`torchsde.sdeint`
+(Euler-Maruyama, Milstein, stochastic Heun and midpoint); ``BrownianPath`` is one reusable Brownian sample path.
 """
 
 from dedl.solvers.adjoint import odeint_adjoint
@@ -27,6 +29,15 @@ from dedl.solvers.ode import (
     odeint,
     rk_step,
 )
+from dedl.solvers.sde import (
+    BrownianPath,
+    euler_maruyama_step,
+    heun_step,
+    midpoint_step,
+    milstein_step,
+    sdeint,
+    step_grid,
+)
 
 __all__ = [
     "odeint",
@@ -48,4 +59,11 @@ __all__ = [
     "adams_bashforth_coefficients",
     "adams_bashforth_weights",
     "adams_bashforth_step",
+    "sdeint",
+    "BrownianPath",
+    "step_grid",
+    "euler_maruyama_step",
+    "milstein_step",
+    "heun_step",
+    "midpoint_step",
 ]

@@ -1,0 +1,696 @@
+"""Stochastic differential equations: Brownian paths and fixed-step solvers.
+
+An SDE in the torchsde convention is an object ``sde`` with
+
+* ``sde.f(t, y)`` the drift, shape ``(batch, d)``;
+* ``sde.g(t, y)`` the diffusion, shape ``(batch, d)`` for ``noise_type="diagonal"``, ``(batch, d, 1)`` for
+  ``"scalar"`` and ``(batch, d, m)`` for ``"general"`` and ``"additive"`` (``"additive"`` is general noise whose
+  ``g`` does not depend on ``y``);
+* ``sde.noise_type`` and ``sde.sde_type`` (``"ito"`` or ``"stratonovich"``),
+
+and it stands for :math:`dY_t = f(t, Y_t)\\,dt + g(t, Y_t)\\,dW_t`, read in the Itô or the Stratonovich sense,
+where :math:`W` is an ``m``-dimensional Brownian motion (``m = d`` for diagonal noise, ``m = 1`` for scalar noise).
+
+:func:`sdeint` mirrors ``torchsde.sdeint`` {cite}`li2020scalable` (same arguments, same shapes, and
+``backend="torchsde"`` hands the call over), with four fixed-step methods from {cite}`kloeden1992numerical`:
+
+* ``euler`` (Euler-Maruyama): Itô; every noise type; strong order 1/2 (1 for additive noise), weak order 1.
+* ``milstein``: Itô or Stratonovich; diagonal, scalar, additive noise; strong order 1, weak order 1.
+* ``heun`` (stochastic Heun): Stratonovich; every noise type; strong order 1 (1/2 for general noise), weak order 1.
+* ``midpoint``: Stratonovich; as ``heun``.
+
+:class:`BrownianPath` is one fixed sample path of Brownian motion that answers queries at any step size with the
+same underlying path, so that strong errors can be measured on one path at several step sizes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from bisect import bisect_left, insort
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BrownianPath",
+    "sdeint",
+    "step_grid",
+    "euler_maruyama_step",
+    "milstein_step",
+    "heun_step",
+    "midpoint_step",
+    "METHODS",
+    "NOISE_TYPES",
+    "SDE_TYPES",
+    "STRONG_ORDER",
+]
+
+NOISE_TYPES = ("diagonal", "scalar", "additive", "general")
+SDE_TYPES = ("ito", "stratonovich")
+BACKENDS = ("dedl", "torchsde")
+
+#: Which SDE types and noise types each method accepts.
+METHODS: dict[str, dict[str, tuple[str, ...]]] = {
+    "euler": {"sde_types": ("ito",), "noise_types": NOISE_TYPES},
+    "milstein": {"sde_types": SDE_TYPES, "noise_types": ("diagonal", "scalar", "additive")},
+    "heun": {"sde_types": ("stratonovich",), "noise_types": NOISE_TYPES},
+    "midpoint": {"sde_types": ("stratonovich",), "noise_types": NOISE_TYPES},
+}
+
+#: Strong order of each method for commutative noise (diagonal, scalar, additive). Additive noise lifts Euler to 1;
+#: general noise drops Heun and midpoint to 1/2.
+STRONG_ORDER = {"euler": 0.5, "milstein": 1.0, "heun": 1.0, "midpoint": 1.0}
+
+# Largest number of Gaussian numbers drawn by one randn call when sdeint makes its own increments: the
+# increments for all steps are drawn at once unless that would exceed this, then in as few chunks as fit.
+_MAX_RANDN_ELEMENTS = 1 << 24
+
+
+def _as_float(x: Any) -> float:
+    return float(x.item()) if isinstance(x, Tensor) else float(x)
+
+
+def _time_tolerance(dtype: torch.dtype, scale: float) -> float:
+    """How far two times may differ and still be 'the same time' when they were stored in ``dtype``."""
+    return 8.0 * torch.finfo(dtype).eps * max(1.0, scale)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Brownian motion
+# --------------------------------------------------------------------------------------------------------------
+
+
+class BrownianPath:
+    """One sample path of an ``m``-dimensional Brownian motion on ``[t0, t1]``, queried as increments.
+
+    The path is drawn once, from ``seed``, on a uniform grid of ``n_cells`` cells of width
+    ``h = (t1 - t0) / n_cells`` (one ``randn`` call: ``W(t0) = 0`` and independent :math:`N(0, h)` increments):
+    ``n_cells = 2**levels`` (a dyadic grid), or the smallest number of cells no wider than ``dt``.
+    At grid points the path is exact. Between grid points it is filled in by the Brownian
+    bridge: given the nearest known values :math:`W(a)`, :math:`W(b)` around :math:`s`,
+
+    .. math:: W(s) \\sim N\\Big(W(a) + \\tfrac{s-a}{b-a}\\,(W(b) - W(a)),\\ \\tfrac{(s-a)(b-s)}{b-a}\\Big),
+
+    drawn from a second generator derived from ``seed`` and cached, so that later queries see the same value
+    and increments stay additive (:math:`W(c) - W(a) = (W(b) - W(a)) + (W(c) - W(b))`). Off-grid values are
+    reproducible for the same sequence of queries; queries at steps that are whole multiples of ``h`` (on a
+    dyadic grid: every ``(t1 - t0) / 2**k``, ``k <= levels``) touch the grid only, in any order. This is the
+    strong-convergence set-up of {cite}`higham2001algorithmic` (one fine path; coarser steps add up its
+    increments), with the Brownian bridge of {cite}`kloeden1992numerical` for the times in between.
+
+    ``bm(ta, tb)`` returns :math:`W(t_b) - W(t_a)` of shape ``size`` (torchsde's convention; ``bm(ta)`` returns
+    :math:`W(t_a) - W(t_0)`). The object also has torchsde's ``shape``, ``dtype``, ``device`` and
+    ``levy_area_approximation`` attributes, so it can be passed as ``bm`` to ``torchsde.sdeint`` as well.
+
+    Args:
+        t0, t1: the time interval, ``t0 < t1``.
+        size: shape of one increment, ``(batch, m)`` for :func:`sdeint`.
+        dt: grid width wanted: ``n_cells = ceil((t1 - t0) / dt)`` (up to rounding), so that steps that are
+            whole multiples of ``dt`` fall on the grid.
+        levels: ``n_cells = 2**levels`` if ``dt`` is not given (default 10, i.e. 1024 cells).
+        seed: integer seed; ``None`` draws one from torch's global generator (so ``torch.manual_seed`` or
+            ``dedl.utils.seed_everything`` makes it reproducible).
+        dtype, device: of the increments (default: torch's default dtype, the CPU).
+
+    Memory is ``(n_cells + 1) * prod(size)`` numbers.
+    """
+
+    levy_area_approximation = "none"
+
+    def __init__(
+        self,
+        t0: float,
+        t1: float,
+        size: Sequence[int],
+        dt: float | None = None,
+        levels: int | None = None,
+        seed: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        t0, t1 = _as_float(t0), _as_float(t1)
+        if not (math.isfinite(t0) and math.isfinite(t1)) or not t0 < t1:
+            raise ValueError(f"BrownianPath needs finite t0 < t1, got t0={t0}, t1={t1}")
+        if isinstance(size, int):
+            size = (size,)
+        size = tuple(int(s) for s in size)
+        if any(s <= 0 for s in size):
+            raise ValueError(f"BrownianPath size must have positive entries, got {size}")
+        if dt is not None and levels is not None:
+            raise ValueError("give BrownianPath either dt or levels, not both")
+        if dt is not None:
+            dt = _as_float(dt)
+            if not dt > 0 or not math.isfinite(dt):
+                raise ValueError(f"BrownianPath dt must be positive, got {dt}")
+            x = (t1 - t0) / dt
+            n_cells = max(1, math.ceil(x - 1e-6 * max(1.0, x)))
+        else:
+            levels = 10 if levels is None else int(levels)
+            if not 0 <= levels <= 30:
+                raise ValueError(f"BrownianPath levels must be in [0, 30], got {levels}")
+            n_cells = 1 << levels
+        if (n_cells + 1) * math.prod(size) > 1 << 31:
+            raise ValueError(
+                f"BrownianPath with {n_cells} cells of size {size} would hold more than 2**31 numbers; "
+                "use a coarser dt / fewer levels or a smaller batch"
+            )
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+
+        self._t0, self._t1, self._size, self._dtype, self._device = t0, t1, size, dtype, device
+        self.n_cells, self.seed = n_cells, int(seed)
+        self._h = (t1 - t0) / n_cells
+        gen = torch.Generator(device=device).manual_seed(self.seed)
+        dw = torch.randn((n_cells, *size), generator=gen, dtype=dtype, device=device) * math.sqrt(self._h)
+        self._w = torch.cat([torch.zeros((1, *size), dtype=dtype, device=device), dw.cumsum(0)])
+        # Bridge samples: their own stream, so the grid does not depend on which off-grid points were asked.
+        self._bridge_gen = torch.Generator(device=device).manual_seed((self.seed * 6364136223846793005 + 1) % 2**63)
+        self._cache: dict[int, list[tuple[float, Tensor]]] = {}  # cell index -> sorted [(time, W(time))]
+
+    # torchsde's BaseBrownian interface ------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def size(self) -> tuple[int, ...]:
+        return self._size
+
+    @property
+    def t0(self) -> float:
+        return self._t0
+
+    @property
+    def t1(self) -> float:
+        return self._t1
+
+    @property
+    def grid_times(self) -> Tensor:
+        """The grid on which the path was drawn, shape ``(n_cells + 1,)`` (float64)."""
+        return torch.linspace(self._t0, self._t1, len(self._w), dtype=torch.float64)
+
+    @property
+    def grid_values(self) -> Tensor:
+        """:math:`W` at :attr:`grid_times`, shape ``(n_cells + 1, *size)``."""
+        return self._w
+
+    def __repr__(self) -> str:
+        return (
+            f"BrownianPath(t0={self._t0}, t1={self._t1}, size={self._size}, n_cells={self.n_cells}, "
+            f"seed={self.seed}, dtype={self._dtype}, device={self._device})"
+        )
+
+    def __call__(self, ta: Any, tb: Any = None, return_U: bool = False, return_A: bool = False) -> Tensor:
+        """:math:`W(t_b) - W(t_a)`, or :math:`W(t_a) - W(t_0)` when ``tb`` is None."""
+        if return_U or return_A:
+            raise ValueError("BrownianPath has no space-time or Levy area (levy_area_approximation='none')")
+        if tb is None:
+            ta, tb = self._t0, ta
+        tol_dtype = ta.dtype if isinstance(ta, Tensor) and ta.is_floating_point() else torch.float64
+        if isinstance(tb, Tensor) and tb.is_floating_point() and torch.finfo(tb.dtype).eps > torch.finfo(tol_dtype).eps:
+            tol_dtype = tb.dtype
+        a, b = _as_float(ta), _as_float(tb)
+        if a > b:
+            raise ValueError(f"BrownianPath query needs ta <= tb, got ta={a}, tb={b}")
+        return self._value(b, tol_dtype) - self._value(a, tol_dtype)
+
+    # internals ------------------------------------------------------------------------------------------------
+    def _locate(self, s: float, tol_dtype: torch.dtype) -> tuple[int, bool, float]:
+        """Grid cell of time ``s`` and whether ``s`` is (up to rounding in ``tol_dtype``) a grid point."""
+        tol = _time_tolerance(tol_dtype, max(abs(self._t0), abs(self._t1)))
+        if s < self._t0 - tol or s > self._t1 + tol:
+            raise ValueError(f"BrownianPath queried at t={s}, outside [t0, t1] = [{self._t0}, {self._t1}]")
+        s = min(max(s, self._t0), self._t1)
+        x = (s - self._t0) / self._h
+        k = round(x)
+        if abs(x - k) * self._h <= tol:
+            return k, True, s
+        return math.floor(x), False, s
+
+    def _value(self, s: float, tol_dtype: torch.dtype = torch.float64) -> Tensor:
+        k, on_grid, s = self._locate(s, tol_dtype)
+        if on_grid:
+            return self._w[k]
+        cell = self._cache.setdefault(k, [])
+        times = [c[0] for c in cell]
+        i = bisect_left(times, s)
+        if i < len(cell) and cell[i][0] == s:
+            return cell[i][1]
+        ta, wa = cell[i - 1] if i > 0 else (self._t0 + k * self._h, self._w[k])
+        tb, wb = cell[i] if i < len(cell) else (self._t0 + (k + 1) * self._h, self._w[k + 1])
+        lam = (s - ta) / (tb - ta)
+        std = math.sqrt((s - ta) * (tb - s) / (tb - ta))
+        z = torch.randn(self._size, generator=self._bridge_gen, dtype=self._dtype, device=self._device)
+        ws = wa + lam * (wb - wa) + std * z
+        insort(cell, (s, ws), key=lambda c: c[0])
+        return ws
+
+    def _increments(self, times: Sequence[float], tol_dtype: torch.dtype) -> Tensor:
+        """All increments ``W(times[i+1]) - W(times[i])`` at once, shape ``(len(times) - 1, *size)``."""
+        located = [self._locate(s, tol_dtype) for s in times]
+        if all(on for _, on, _ in located):
+            idx = torch.tensor([k for k, _, _ in located], device=self._device)
+            w = self._w.index_select(0, idx)
+        else:
+            w = torch.stack([self._value(s, tol_dtype) for s in times])
+        return w[1:] - w[:-1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One step of each method
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _prod(noise_type: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """``g · dW`` for each noise type: elementwise (diagonal), broadcast (scalar), matrix-vector (general)."""
+    if noise_type == "diagonal":
+        return torch.mul
+    if noise_type == "scalar":
+        return lambda g, dw: g.squeeze(-1) * dw
+    return lambda g, dw: torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
+
+
+def euler_maruyama_step(sde: Any, t0: Tensor, y: Tensor, h: float, dw: Tensor, noise_type: str) -> Tensor:
+    """One Euler-Maruyama step, :math:`Y_{n+1} = Y_n + f(t_n, Y_n)\\,h + g(t_n, Y_n)\\,\\Delta W_n`.
+
+    Converges to the Itô solution with strong order 1/2 and weak order 1 {cite}`kloeden1992numerical`
+    (Sec. 10.2; {cite}`higham2001algorithmic`, the EM method). ``dw`` has shape ``(batch, m)``.
+    """
+    return y + sde.f(t0, y) * h + _prod(noise_type)(sde.g(t0, y), dw)
+
+
+def _g_dg(sde: Any, t0: Tensor, y: Tensor, noise_type: str, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """``g(t, y)`` and the Milstein factor :math:`L^1 g = (\\partial g / \\partial y)\\, g` by autograd.
+
+    Diagonal noise: :math:`g_i\\,\\partial g_i / \\partial y_i` (one vector-Jacobian product, exact because
+    :math:`g_i` depends on :math:`y_i` only). Scalar noise: the Jacobian-vector product :math:`J_g\\, g` via the
+    double-vjp trick (two backward passes).
+    """
+    with torch.enable_grad():
+        yy = y if y.requires_grad else y.detach().requires_grad_(True)
+        g = sde.g(t0, yy)
+        if noise_type == "diagonal":
+            (dg,) = torch.autograd.grad(g, yy, g, create_graph=create_graph, allow_unused=True)
+        else:  # scalar
+            gs = g.squeeze(-1)
+            u = torch.zeros_like(gs, requires_grad=True)
+            (jtu,) = torch.autograd.grad(gs, yy, u, create_graph=True, allow_unused=True)
+            if jtu is None:
+                dg = None
+            else:
+                (dg,) = torch.autograd.grad(jtu, u, gs, create_graph=create_graph, allow_unused=True)
+    if dg is None:  # g does not depend on y
+        dg = torch.zeros_like(y)
+    if not create_graph:
+        g, dg = g.detach(), dg.detach()
+    return g, dg
+
+
+def milstein_step(
+    sde: Any,
+    t0: Tensor,
+    y: Tensor,
+    h: float,
+    dw: Tensor,
+    noise_type: str,
+    sde_type: str = "ito",
+    grad_free: bool = False,
+) -> Tensor:
+    """One Milstein step for diagonal, scalar or additive noise {cite}`milstein1974approximate`.
+
+    .. math:: Y_{n+1} = Y_n + f\\,h + g\\,\\Delta W_n + \\tfrac12\\,(\\partial_y g\\, g)\\,(\\Delta W_n^2 - h)
+
+    (Itô; for Stratonovich SDEs the last factor is :math:`\\Delta W_n^2`), with everything evaluated at
+    :math:`(t_n, Y_n)` and products taken componentwise for diagonal noise {cite}`kloeden1992numerical` (Sec. 10.3).
+    Strong order 1 for these (commutative) noise types.
+
+    ``grad_free=False`` computes :math:`\\partial_y g\\, g` with autograd (differentiable, so it trains);
+    ``grad_free=True`` uses the derivative-free variant of {cite}`kloeden1992numerical` (Sec. 11.1): with
+    :math:`\\bar Y = Y_n + f\\,h + g\\sqrt h` (Itô) or :math:`Y_n + g\\sqrt h` (Stratonovich), it replaces
+    :math:`\\partial_y g\\, g` by :math:`(g(t_n, \\bar Y) - g(t_n, Y_n))/\\sqrt h`, one extra ``g`` call and no
+    derivatives. Additive noise has :math:`\\partial_y g = 0`, so Milstein is Euler-Maruyama there.
+    """
+    f = sde.f(t0, y)
+    if noise_type in ("additive", "general"):
+        if noise_type == "general":
+            raise ValueError("milstein needs diagonal, scalar or additive noise (general noise needs Levy areas)")
+        return y + f * h + _prod(noise_type)(sde.g(t0, y), dw)
+    # Y + f h + g dW + (1/2) L (dW^2 - h)  =  Y + (f - L/2) h + (g + (L/2) dW) dW   (Itô; Stratonovich: no -h),
+    # with L = (dg/dy) g: written this way the update takes four tensor operations.
+    if grad_free:
+        g = sde.g(t0, y)
+        gv = g if noise_type == "diagonal" else g.squeeze(-1)
+        sqrt_h = math.sqrt(h)
+        y_bar = torch.add(y, gv, alpha=sqrt_h)
+        if sde_type == "ito":
+            y_bar = y_bar.add_(f, alpha=h)
+        g_bar = sde.g(t0, y_bar)
+        g_bar = g_bar if noise_type == "diagonal" else g_bar.squeeze(-1)
+        gdg = (g_bar - gv).mul_(1.0 / sqrt_h)
+    else:
+        g, gdg = _g_dg(sde, t0, y, noise_type, create_graph=torch.is_grad_enabled())
+        gv = g if noise_type == "diagonal" else g.squeeze(-1)
+    noise = torch.addcmul(gv, gdg, dw, value=0.5)
+    drift = torch.add(f, gdg, alpha=-0.5) if sde_type == "ito" else f
+    return torch.add(y, drift, alpha=h).addcmul_(noise, dw)
+
+
+def heun_step(sde: Any, t0: Tensor, t1: Tensor, y: Tensor, h: float, dw: Tensor, noise_type: str) -> Tensor:
+    """One stochastic Heun step (trapezoidal predictor-corrector) for Stratonovich SDEs.
+
+    .. math:: \\bar Y = Y_n + f(t_n, Y_n)\\,h + g(t_n, Y_n)\\,\\Delta W_n, \\quad
+        Y_{n+1} = Y_n + \\tfrac12\\big(f(t_n, Y_n) + f(t_{n+1}, \\bar Y)\\big)h
+        + \\tfrac12\\big(g(t_n, Y_n) + g(t_{n+1}, \\bar Y)\\big)\\Delta W_n
+
+    Strong order 1 for commutative noise (diagonal, scalar, additive), 1/2 in general
+    {cite}`burrage2004numerical`; the method of torchsde's ``heun`` {cite}`li2020scalable`.
+    """
+    prod = _prod(noise_type)
+    f, g = sde.f(t0, y), sde.g(t0, y)
+    gdw = prod(g, dw)
+    y_bar = y + f * h + gdw
+    return y + (f + sde.f(t1, y_bar)) * (0.5 * h) + (gdw + prod(sde.g(t1, y_bar), dw)) * 0.5
+
+
+def midpoint_step(sde: Any, t0: Tensor, t1: Tensor, y: Tensor, h: float, dw: Tensor, noise_type: str) -> Tensor:
+    """One stochastic midpoint step for Stratonovich SDEs (torchsde's default Stratonovich method).
+
+    .. math:: \\bar Y = Y_n + \\tfrac12\\big(f(t_n, Y_n)\\,h + g(t_n, Y_n)\\,\\Delta W_n\\big), \\quad
+        Y_{n+1} = Y_n + f(t_{n+\\frac12}, \\bar Y)\\,h + g(t_{n+\\frac12}, \\bar Y)\\,\\Delta W_n
+
+    Same orders as :func:`heun_step` {cite}`burrage2004numerical`.
+    """
+    prod = _prod(noise_type)
+    y_bar = y + (sde.f(t0, y) * h + prod(sde.g(t0, y), dw)) * 0.5
+    tm = (t0 + t1) * 0.5
+    return y + sde.f(tm, y_bar) * h + prod(sde.g(tm, y_bar), dw)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The time grid and the driver
+# --------------------------------------------------------------------------------------------------------------
+
+
+def step_grid(t: Sequence[float], dt: float, rtol: float = 1e-6) -> tuple[list[float], list[int]]:
+    """The solver's time grid for observation times ``t`` and step ``dt``.
+
+    Each observation interval :math:`[t_k, t_{k+1}]` gets
+    :math:`n_k = \\max(1, \\lceil \\Delta_k/dt - \\epsilon \\rceil)` steps, :math:`\\epsilon` = ``rtol`` times
+    :math:`\\max(1, \\Delta_k/dt)`: steps of ``dt`` from :math:`t_k`, the last one clipped so that it ends exactly
+    at :math:`t_{k+1}`. The tolerance keeps rounding (``t`` stored in float32, ``dt = 0.1``) from adding a tiny
+    extra step, the trap of torchsde issue #109. Returns the grid and the index of each observation time in it.
+    """
+    grid = [float(t[0])]
+    obs = [0]
+    for a, b in zip(t[:-1], t[1:]):
+        a, b = float(a), float(b)
+        x = (b - a) / dt
+        n = max(1, math.ceil(x - rtol * max(1.0, x)))
+        grid.extend(a + i * dt for i in range(1, n))
+        grid.append(b)
+        obs.append(len(grid) - 1)
+    return grid, obs
+
+
+def _check_sde(sde: Any) -> tuple[str, str]:
+    for name in ("f", "g"):
+        if not callable(getattr(sde, name, None)):
+            raise TypeError(
+                f"sde must have a method {name}(t, y) (drift f, diffusion g); {type(sde).__name__} has none"
+            )
+    noise_type = getattr(sde, "noise_type", None)
+    sde_type = getattr(sde, "sde_type", None)
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"sde.noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
+    if sde_type not in SDE_TYPES:
+        raise ValueError(f"sde.sde_type must be one of {SDE_TYPES}, got {sde_type!r}")
+    return noise_type, sde_type
+
+
+def _check_times(t: Any, y0: Tensor) -> tuple[list[float], torch.dtype]:
+    if isinstance(t, Tensor):
+        if t.dim() != 1 or t.numel() < 1:
+            raise ValueError(f"t must be a 1-D tensor of observation times, got shape {tuple(t.shape)}")
+        t_dtype = t.dtype if t.is_floating_point() else y0.dtype
+        ts = [float(s) for s in t.detach().cpu().double().tolist()]
+    else:
+        try:
+            ts = [float(s) for s in t]
+        except TypeError as err:
+            raise TypeError(f"t must be a 1-D tensor or a sequence of numbers, got {type(t).__name__}") from err
+        if len(ts) < 1:
+            raise ValueError("t must hold at least one time")
+        t_dtype = y0.dtype
+    if not all(math.isfinite(s) for s in ts):
+        raise ValueError(f"t must be finite, got {ts}")
+    diffs = [b - a for a, b in zip(ts[:-1], ts[1:])]
+    if any(d <= 0 for d in diffs):
+        if all(d < 0 for d in diffs):
+            raise ValueError(
+                "t must be strictly increasing; sdeint integrates forward in time only (for a reverse-time SDE "
+                "such as a score-SDE sampler, write it in the reversed time s = T - t)"
+            )
+        k = next(i for i, d in enumerate(diffs) if d <= 0)
+        raise ValueError(f"t must be strictly increasing, but t[{k}]={ts[k]} >= t[{k + 1}]={ts[k + 1]}")
+    return ts, t_dtype
+
+
+def _noise_size(sde: Any, noise_type: str, t0: Tensor, y0: Tensor) -> int:
+    """Evaluate f and g once at (t0, y0), check their shapes against ``noise_type`` and return ``m``."""
+    with torch.no_grad():
+        f0, g0 = sde.f(t0, y0), sde.g(t0, y0)
+    if not isinstance(f0, Tensor) or f0.shape != y0.shape:
+        shape = tuple(f0.shape) if isinstance(f0, Tensor) else type(f0).__name__
+        raise ValueError(f"drift f(t, y) must have the shape of y0 {tuple(y0.shape)}, got {shape}")
+    if not isinstance(g0, Tensor):
+        raise ValueError(f"diffusion g(t, y) must return a tensor, got {type(g0).__name__}")
+    b, d = y0.shape
+    shape = tuple(g0.shape)
+    if noise_type == "diagonal":
+        if shape != (b, d):
+            raise ValueError(f"diagonal noise: g(t, y) must have shape (batch, d) = {(b, d)}, got {shape}")
+        return d
+    if noise_type == "scalar":
+        if shape != (b, d, 1):
+            raise ValueError(f"scalar noise: g(t, y) must have shape (batch, d, 1) = {(b, d, 1)}, got {shape}")
+        return 1
+    if len(shape) != 3 or shape[:2] != (b, d):
+        raise ValueError(f"{noise_type} noise: g(t, y) must have shape (batch, d, m) = {(b, d)} + (m,), got {shape}")
+    return shape[2]
+
+
+def _increment_stream(grid: list[float], shape: tuple[int, int], y0: Tensor, seed: int | None) -> Iterator[Tensor]:
+    """Increments for every step of ``grid``, drawn with one ``randn`` call (or a few, for very long runs)."""
+    n = len(grid) - 1
+    gen = torch.Generator(device=y0.device).manual_seed(seed) if seed is not None else None
+    sqrt_h = torch.tensor([b - a for a, b in zip(grid[:-1], grid[1:])], dtype=torch.float64).sqrt_()
+    sqrt_h = sqrt_h.to(dtype=y0.dtype, device=y0.device)
+    chunk = max(1, _MAX_RANDN_ELEMENTS // max(1, math.prod(shape)))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        z = torch.randn((stop - start, *shape), generator=gen, dtype=y0.dtype, device=y0.device)
+        yield from z.mul_(sqrt_h[start:stop, None, None]).unbind(0)
+
+
+def sdeint(
+    sde: Any,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    method: str | None = None,
+    dt: float = 1e-3,
+    bm: Callable[..., Tensor] | None = None,
+    backend: str = "dedl",
+    seed: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> Tensor:
+    """Solve :math:`dY = f(t, Y)\\,dt + g(t, Y)\\,dW`, :math:`Y(t_0) = y_0`, with fixed steps, like ``torchsde.sdeint``.
+
+    Args:
+        sde: object with ``f(t, y)``, ``g(t, y)``, ``noise_type`` in ``("diagonal", "scalar", "additive",
+            "general")`` and ``sde_type`` in ``("ito", "stratonovich")`` (torchsde's convention; see the module
+            docstring for the shapes).
+        y0: initial state, shape ``(batch, d)``; only 2-D states are supported (flatten others).
+        t: observation times, strictly increasing (forward in time only); ``t[0]`` is the time of ``y0``.
+        method: ``"euler"`` (Itô), ``"milstein"`` (Itô or Stratonovich; diagonal, scalar, additive noise),
+            ``"heun"`` or ``"midpoint"`` (Stratonovich). ``None`` picks ``"euler"`` for Itô SDEs and ``"heun"``
+            for Stratonovich SDEs. Euler-Maruyama is Itô-only as in torchsde: on a Stratonovich SDE it would
+            converge to the wrong (Itô) solution, so it raises.
+        dt: step size. Each interval between observation times takes :math:`\\lceil \\Delta/dt\\rceil` steps
+            (up to a small rounding tolerance, :func:`step_grid`), the last one clipped, so every observation
+            time is hit exactly (torchsde instead interpolates linearly between steps).
+        bm: Brownian motion, any callable ``bm(ta, tb)`` returning the increment :math:`W(t_b) - W(t_a)` of shape
+            ``(batch, m)``: a :class:`BrownianPath`, ``torchsde.BrownianInterval``, ... ``None`` (default) draws the
+            increments for the whole step grid up front with one ``randn`` call, from ``torch.Generator``
+            seeded by ``seed``, or from torch's global generator if ``seed`` is None.
+        backend: ``"dedl"``, or ``"torchsde"`` to hand the same call to ``torchsde.sdeint`` (with ``method``
+            resolved as above, and, when ``seed`` is given and ``bm`` is None, a ``BrownianInterval`` with
+            ``entropy=seed``), so a reader can swap solvers and compare.
+        seed: seed for the increments when ``bm`` is None (an error if ``bm`` is given).
+        options: ``{"grad_free": True}`` selects the derivative-free Milstein (default: autograd).
+
+    Returns:
+        The solution at ``t``, shape ``(len(t), batch, d)``.
+
+    Raises:
+        ValueError: bad ``t``, ``dt``, ``y0``, method, backend, method/SDE mismatch, wrong ``f``/``g``/``bm`` shapes.
+        TypeError: ``sde`` without ``f`` or ``g``, ``y0`` not a floating-point tensor, ``bm`` not callable.
+        FloatingPointError: the state became NaN or Inf; the message names the observation interval.
+
+    References: Euler-Maruyama and Milstein {cite}`kloeden1992numerical,higham2001algorithmic,milstein1974approximate`;
+    the interface of torchsde {cite}`li2020scalable,kidger2021on`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    noise_type, sde_type = _check_sde(sde)
+    if not isinstance(y0, Tensor):
+        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
+    if y0.dim() != 2:
+        raise ValueError(f"y0 must be 2-D, shape (batch, d), got shape {tuple(y0.shape)}; flatten other states")
+    if not y0.is_floating_point():
+        raise TypeError(f"y0 must be a floating-point tensor, got {y0.dtype}")
+    ts, t_dtype = _check_times(t, y0)
+    dt = _as_float(dt)
+    if not dt > 0 or not math.isfinite(dt):
+        raise ValueError(f"dt must be a positive finite step size, got {dt}")
+    if seed is not None and bm is not None:
+        raise ValueError("seed sets the increments that sdeint draws itself; it cannot be combined with bm")
+    options = dict(options or {})
+    unknown = set(options) - {"grad_free"}
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; sdeint knows only 'grad_free' (milstein)")
+
+    if method is None:
+        method = "euler" if sde_type == "ito" else "heun"
+
+    if backend == "torchsde":
+        return _torchsde_backend(sde, y0, ts, t, t_dtype, method, dt, bm, seed, options, noise_type)
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {tuple(METHODS)}")
+    if sde_type not in METHODS[method]["sde_types"]:
+        hint = (
+            " Euler-Maruyama converges to the Itô solution; use method='heun' or 'midpoint' (or 'milstein') for a "
+            "Stratonovich SDE, or convert it to Itô form by adding the drift correction 1/2 (dg/dy) g."
+            if method == "euler"
+            else " Use method='euler' or 'milstein' for an Itô SDE, or convert it to Stratonovich form."
+        )
+        raise ValueError(f"method {method!r} does not solve {sde_type} SDEs.{hint}")
+    if noise_type not in METHODS[method]["noise_types"]:
+        raise ValueError(
+            f"method {method!r} does not support {noise_type} noise (supports {METHODS[method]['noise_types']}); "
+            "for general noise use 'euler' (Itô) or 'heun' / 'midpoint' (Stratonovich)"
+        )
+    if options.get("grad_free") and method != "milstein":
+        raise ValueError("option 'grad_free' applies to method='milstein' only")
+
+    if not torch.isfinite(y0).all():
+        raise FloatingPointError(f"y0 holds NaN or Inf at t={ts[0]}")
+    if len(ts) == 1:
+        return y0.unsqueeze(0)
+
+    grid, obs = step_grid(ts, dt)
+    times = torch.tensor(grid, dtype=torch.float64).to(dtype=t_dtype, device=y0.device).unbind(0)
+    batch = y0.shape[0]
+    m = _noise_size(sde, noise_type, times[0], y0)
+    shape = (batch, m)
+    hs = [b - a for a, b in zip(grid[:-1], grid[1:])]
+
+    if bm is not None:
+        if not callable(bm):
+            raise TypeError(f"bm must be callable as bm(ta, tb), got {type(bm).__name__}")
+        bm_shape = getattr(bm, "shape", None)
+        if bm_shape is not None and tuple(bm_shape) != shape:
+            raise ValueError(
+                f"bm has shape {tuple(bm_shape)}, but this SDE needs increments of shape (batch, m) = {shape}"
+            )
+        bm_dtype = getattr(bm, "dtype", None)
+        if isinstance(bm_dtype, torch.dtype) and bm_dtype != y0.dtype:
+            raise ValueError(
+                f"bm has dtype {bm_dtype} but y0 has dtype {y0.dtype}; build the Brownian motion with dtype={y0.dtype}"
+            )
+    increments: Iterator[Tensor]
+    if bm is None:
+        increments = _increment_stream(grid, shape, y0, seed)
+    elif isinstance(bm, BrownianPath):
+        increments = iter(bm._increments(grid, t_dtype).unbind(0))
+    else:
+        increments = (bm(times[i], times[i + 1]) for i in range(len(hs)))
+
+    dw0 = next(increments)
+    if not isinstance(dw0, Tensor) or tuple(dw0.shape) != shape:
+        got = tuple(dw0.shape) if isinstance(dw0, Tensor) else type(dw0).__name__
+        raise ValueError(f"bm(ta, tb) returned an increment of shape {got}; expected (batch, m) = {shape}")
+    increments = itertools.chain([dw0], increments)
+
+    advance: Callable[[int, Tensor, Tensor], Tensor]
+    if method == "euler":
+        f, g = sde.f, sde.g
+        if noise_type == "diagonal":  # the common case, fused: y + f h + g dW in two kernels
+
+            def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
+                ti = times[i]
+                return torch.addcmul(torch.add(y, f(ti, y), alpha=hs[i]), g(ti, y), dw)
+        else:
+
+            def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
+                return euler_maruyama_step(sde, times[i], y, hs[i], dw, noise_type)
+    elif method == "milstein":
+        grad_free = bool(options.get("grad_free", False))
+
+        def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
+            return milstein_step(sde, times[i], y, hs[i], dw, noise_type, sde_type, grad_free)
+    elif method == "heun":
+
+        def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
+            return heun_step(sde, times[i], times[i + 1], y, hs[i], dw, noise_type)
+    else:
+
+        def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
+            return midpoint_step(sde, times[i], times[i + 1], y, hs[i], dw, noise_type)
+
+    ys = [y0]
+    y = y0
+    k = 1
+    next_obs = obs[1]
+    for i, dw in enumerate(increments):
+        y = advance(i, y, dw)
+        if i + 1 == next_obs:
+            if not torch.isfinite(y).all():
+                raise FloatingPointError(
+                    f"sdeint: the state became NaN or Inf between t={ts[k - 1]} and t={ts[k]} "
+                    f"(method={method!r}, dt={dt}); try a smaller dt or check f and g"
+                )
+            ys.append(y)
+            k += 1
+            next_obs = obs[k] if k < len(obs) else -1
+    return torch.stack(ys)
+
+
+def _torchsde_backend(sde, y0, ts, t, t_dtype, method, dt, bm, seed, options, noise_type) -> Tensor:
+    """Hand the call to ``torchsde.sdeint`` (imported here, so dedl does not need torchsde to import)."""
+    try:
+        import torchsde
+    except ImportError as err:  # pragma: no cover - torchsde is a dependency of dedl
+        raise ImportError("backend='torchsde' needs the torchsde package (pip install torchsde)") from err
+    t_tensor = torch.tensor(ts, dtype=torch.float64).to(dtype=t_dtype, device=y0.device)
+    if len(ts) == 1:
+        return y0.unsqueeze(0)
+    if bm is None and seed is not None:
+        m = _noise_size(sde, noise_type, t_tensor[0], y0)
+        levy = {"srk": "space-time", "log_ode": "foster"}.get(method, "none")
+        bm = torchsde.BrownianInterval(
+            t0=ts[0], t1=ts[-1], size=(y0.shape[0], m), dtype=y0.dtype, device=y0.device,
+            entropy=seed, levy_area_approximation=levy,
+        )
+    return torchsde.sdeint(sde, y0, t_tensor, bm=bm, method=method, dt=dt, options=options or None)

@@ -1,0 +1,561 @@
+"""Tests of dedl.solvers.sde: convergence orders on closed forms, agreement with torchsde, Brownian paths, bad input.
+
+Everything runs in float64 with seeded Brownian paths and thousands of sample paths, so that the measured orders
+are stable: a strong order is the slope of log E|Y_N - X_T| against log h, measured on one Brownian path per
+sample, at step sizes 2^-3 ... 2^-8.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchsde
+
+from dedl.solvers import BrownianPath, sdeint, step_grid
+
+DTYPE = torch.float64
+STEPS = [2.0**-k for k in range(3, 9)]
+
+
+def slope(hs, errors) -> float:
+    return float(np.polyfit(np.log(hs), np.log(errors), 1)[0])
+
+
+class GBM:
+    """Geometric Brownian motion dX = mu X dt + sigma X dW (Itô) or with o dW (Stratonovich), diagonal noise."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, mu: float = 0.5, sigma: float = 0.8, sde_type: str = "ito"):
+        self.mu, self.sigma, self.sde_type = mu, sigma, sde_type
+
+    def f(self, t, y):
+        return self.mu * y
+
+    def g(self, t, y):
+        return self.sigma * y
+
+    def exact(self, y0, w, t):
+        """Closed form on the path: X_t = X_0 exp((mu - sigma^2/2) t + sigma W_t) (Itô), without -sigma^2/2 (Strat)."""
+        drift = self.mu - 0.5 * self.sigma**2 if self.sde_type == "ito" else self.mu
+        return y0 * torch.exp(drift * t + self.sigma * w)
+
+
+class NonlinearDiagonal:
+    """A 2-D SDE with a nonlinear drift and diagonal, state-dependent noise (no closed form)."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, sde_type: str = "ito"):
+        self.sde_type = sde_type
+
+    def f(self, t, y):
+        return torch.sin(y).flip(-1) - 0.3 * y + 0.1 * t
+
+    def g(self, t, y):
+        return 0.3 * torch.cos(y) + 0.1 * t
+
+
+class LinearScalar:
+    """dX = a X dt + B X dW with one Brownian motion (scalar noise) and a non-symmetric B.
+
+    Closed form (Itô): X_t = expm((a I - B^2/2) t + B W_t) X_0, since a I and B commute.
+    """
+
+    noise_type = "scalar"
+    sde_type = "ito"
+    a = 0.2
+    B = torch.tensor([[0.3, 0.5], [-0.2, 0.1]], dtype=DTYPE)
+
+    def f(self, t, y):
+        return self.a * y
+
+    def g(self, t, y):
+        return (y @ self.B.T).unsqueeze(-1)
+
+    def exact(self, y0, w, t):
+        eye = torch.eye(2, dtype=DTYPE)
+        m = (self.a * eye - 0.5 * self.B @ self.B)[None] * t + w[:, :, None] * self.B[None]
+        return (torch.linalg.matrix_exp(m) @ y0.unsqueeze(-1)).squeeze(-1)
+
+
+class GeneralNoise:
+    """d = 2 states driven by m = 3 Brownian motions."""
+
+    noise_type = "general"
+
+    def __init__(self, sde_type: str = "ito"):
+        self.sde_type = sde_type
+
+    def f(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        base = torch.tensor([[0.2, 0.1, 0.0], [0.0, 0.3, 0.1]], dtype=y.dtype)
+        return base + 0.1 * torch.tanh(y).unsqueeze(-1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Convergence orders
+# --------------------------------------------------------------------------------------------------------------
+
+
+def strong_errors(sde, method, batch=4000, options=None, seed=0):
+    bm = BrownianPath(0.0, 1.0, (batch, 1), levels=10, seed=seed, dtype=DTYPE)
+    y0 = torch.ones(batch, 1, dtype=DTYPE)
+    exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+    errors = []
+    for h in STEPS:
+        ys = sdeint(sde, y0, [0.0, 1.0], method=method, dt=h, bm=bm, options=options)
+        errors.append((ys[-1] - exact).abs().mean().item())
+    return errors
+
+
+def test_euler_maruyama_strong_order_half_on_gbm():
+    order = slope(STEPS, strong_errors(GBM(), "euler"))
+    assert abs(order - 0.5) <= 0.15, order
+
+
+@pytest.mark.parametrize("grad_free", [False, True])
+def test_milstein_strong_order_one_on_gbm(grad_free):
+    order = slope(STEPS, strong_errors(GBM(), "milstein", options={"grad_free": grad_free}))
+    assert abs(order - 1.0) <= 0.15, order
+
+
+@pytest.mark.parametrize("method", ["heun", "midpoint", "milstein"])
+def test_stratonovich_methods_strong_order_one_on_gbm(method):
+    order = slope(STEPS, strong_errors(GBM(sde_type="stratonovich"), method))
+    assert abs(order - 1.0) <= 0.15, order
+
+
+@pytest.mark.parametrize("grad_free", [False, True])
+def test_milstein_scalar_noise_non_symmetric_jacobian(grad_free):
+    """Scalar noise in d = 2 needs (dg/dy) g, a Jacobian-vector product, not g^T (dg/dy)."""
+    sde, batch = LinearScalar(), 2000
+    bm = BrownianPath(0.0, 1.0, (batch, 1), levels=10, seed=1, dtype=DTYPE)
+    y0 = torch.ones(batch, 2, dtype=DTYPE)
+    exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+    errors = []
+    for h in STEPS:
+        ys = sdeint(sde, y0, [0.0, 1.0], method="milstein", dt=h, bm=bm, options={"grad_free": grad_free})
+        errors.append((ys[-1] - exact).norm(dim=-1).mean().item())
+    assert abs(slope(STEPS, errors) - 1.0) <= 0.15
+
+
+def test_euler_maruyama_weak_order_one_on_gbm():
+    """Weak error |E[Y_N] - E[X_T]| with E[X_T] = X_0 e^{mu T}.
+
+    Variance reduction: E[Y_N] - E[X_T] = E[Y_N - X_T(W)] exactly, and the sample mean of Y_N - X_T(W) over
+    paths (the exact solution on the same Brownian path as the control variate) has a standard error set by the
+    strong error, about 100 times smaller than that of the plain sample mean of Y_N. With 40 000 paths the
+    standard error is below 3 % of the smallest weak error measured, so the fitted slope is stable to well
+    within the tolerance.
+    """
+    sde, batch, T = GBM(mu=1.5, sigma=0.5), 40_000, 1.0
+    hs = [2.0**-k for k in range(3, 8)]
+    bm = BrownianPath(0.0, T, (batch, 1), levels=7, seed=2, dtype=DTYPE)
+    y0 = torch.ones(batch, 1, dtype=DTYPE)
+    exact_path = sde.exact(y0, bm(0.0, T), T)
+    errors, stderr = [], []
+    for h in hs:
+        diff = sdeint(sde, y0, [0.0, T], method="euler", dt=h, bm=bm)[-1] - exact_path
+        errors.append(diff.mean().abs().item())
+        stderr.append(diff.std().item() / math.sqrt(batch))
+    assert max(s / e for s, e in zip(stderr, errors)) < 0.05
+    # The mean of Euler-Maruyama on this linear SDE is known exactly: E[Y_N] = X_0 (1 + mu h)^N.
+    for h, e in zip(hs, errors):
+        bias = math.exp(sde.mu * T) - (1 + sde.mu * h) ** round(T / h)
+        assert abs(e - bias) < 5 * stderr[hs.index(h)] + 1e-12
+    assert abs(slope(hs, errors) - 1.0) <= 0.15
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Agreement with torchsde given the same Brownian motion
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sde_type,method,options",
+    [
+        ("ito", "euler", None),
+        ("ito", "milstein", None),
+        ("ito", "milstein", {"grad_free": True}),
+        ("stratonovich", "milstein", None),
+        ("stratonovich", "milstein", {"grad_free": True}),
+        ("stratonovich", "heun", None),
+        ("stratonovich", "midpoint", None),
+    ],
+)
+def test_agrees_with_torchsde_on_the_same_brownian_path(sde_type, method, options):
+    sde, batch = NonlinearDiagonal(sde_type), 64
+    bm = BrownianPath(0.0, 1.0, (batch, 2), levels=8, seed=3, dtype=DTYPE)
+    y0 = torch.randn(batch, 2, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+    ours = sdeint(sde, y0, ts, method=method, dt=2**-6, bm=bm, options=options)
+    theirs = torchsde.sdeint(sde, y0, ts, method=method, dt=2**-6, bm=bm, options=options)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    # and the backend switch hands over the very same call
+    swapped = sdeint(sde, y0, ts, method=method, dt=2**-6, bm=bm, options=options, backend="torchsde")
+    torch.testing.assert_close(swapped, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sde_type,method", [("ito", "euler"), ("stratonovich", "heun"), ("stratonovich", "midpoint")])
+def test_general_noise_agrees_with_torchsde(sde_type, method):
+    sde, batch = GeneralNoise(sde_type), 32
+    bm = BrownianPath(0.0, 1.0, (batch, 3), levels=6, seed=4, dtype=DTYPE)
+    y0 = torch.ones(batch, 2, dtype=DTYPE)
+    ours = sdeint(sde, y0, [0.0, 1.0], method=method, dt=2**-5, bm=bm)
+    theirs = torchsde.sdeint(sde, y0, torch.tensor([0.0, 1.0], dtype=DTYPE), method=method, dt=2**-5, bm=bm)
+    assert ours.shape == (2, batch, 2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_brownian_interval_is_accepted():
+    sde, batch = NonlinearDiagonal(), 16
+
+    def interval():
+        return torchsde.BrownianInterval(0.0, 1.0, size=(batch, 2), dtype=DTYPE, dt=2**-5, entropy=7)
+
+    y0 = torch.ones(batch, 2, dtype=DTYPE)
+    ts = torch.tensor([0.0, 1.0], dtype=DTYPE)
+    ours = sdeint(sde, y0, ts, method="euler", dt=2**-5, bm=interval())
+    theirs = torchsde.sdeint(sde, y0, ts, method="euler", dt=2**-5, bm=interval())
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_gradients_flow_through_milstein_like_torchsde():
+    """The autograd Milstein term keeps its graph, so parameters get the same gradient as with torchsde."""
+
+    class Param(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def __init__(self):
+            super().__init__()
+            self.theta = torch.nn.Parameter(torch.tensor(0.7, dtype=DTYPE))
+
+        def f(self, t, y):
+            return -self.theta * y
+
+        def g(self, t, y):
+            return self.theta * torch.sin(y)
+
+    sde, batch = Param(), 32
+    bm = BrownianPath(0.0, 1.0, (batch, 1), levels=6, seed=5, dtype=DTYPE)
+    y0 = torch.ones(batch, 1, dtype=DTYPE)
+    grads = []
+    for solve in (sdeint, torchsde.sdeint):
+        sde.zero_grad()
+        ys = solve(sde, y0, torch.tensor([0.0, 1.0], dtype=DTYPE), method="milstein", dt=2**-5, bm=bm)
+        ys[-1].pow(2).mean().backward()
+        grads.append(sde.theta.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs() > 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The default call: its own increments, one randn call, a robust step grid
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_default_call_draws_all_increments_with_one_randn(monkeypatch):
+    calls = []
+    randn = torch.randn
+
+    def counting_randn(*args, **kwargs):
+        calls.append(args)
+        return randn(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", counting_randn)
+    y0 = torch.ones(256, 2)
+    ys = sdeint(NonlinearDiagonal(), y0, torch.tensor([0.0, 1.0]), dt=0.01, seed=0)
+    assert ys.shape == (2, 256, 2) and ys.dtype == torch.float32
+    assert len(calls) == 1 and tuple(calls[0][0]) == (100, 256, 2)
+
+
+def test_seed_and_global_rng_make_runs_repeat():
+    sde, y0 = NonlinearDiagonal(), torch.ones(8, 2, dtype=DTYPE)
+    a = sdeint(sde, y0, [0.0, 1.0], dt=0.1, seed=11)
+    b = sdeint(sde, y0, [0.0, 1.0], dt=0.1, seed=11)
+    c = sdeint(sde, y0, [0.0, 1.0], dt=0.1, seed=12)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(3)
+    d = sdeint(sde, y0, [0.0, 1.0], dt=0.1)
+    torch.manual_seed(3)
+    e = sdeint(sde, y0, [0.0, 1.0], dt=0.1)
+    assert torch.equal(d, e)
+
+
+def test_default_increments_have_variance_of_the_step():
+    class Pure:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return torch.zeros_like(y)
+
+        def g(self, t, y):
+            return torch.ones_like(y)
+
+    ys = sdeint(Pure(), torch.zeros(20_000, 1, dtype=DTYPE), [0.0, 0.3, 1.0], dt=0.07, seed=0)
+    var = ys[:, :, 0].var(dim=1)
+    assert abs(var[1].item() - 0.3) < 0.02 and abs(var[2].item() - 1.0) < 0.05
+
+
+def test_step_grid_is_robust_to_rounding_and_hits_observation_times():
+    t32 = torch.linspace(0, 1, 11, dtype=torch.float32).tolist()
+    grid, obs = step_grid(t32, 0.01)
+    assert len(grid) == 101 and obs == list(range(0, 101, 10))
+    grid, obs = step_grid([0.0, 0.25, 1.0], 0.1)  # 0.25 = 2 steps + 0.05, 0.75 = 7 steps + 0.05
+    assert len(grid) - 1 == 3 + 8 and grid[obs[1]] == 0.25 and grid[-1] == 1.0
+    assert min(b - a for a, b in zip(grid[:-1], grid[1:])) > 0
+
+
+def test_observation_times_are_hit_exactly():
+    class Clock:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return torch.ones_like(y)
+
+        def g(self, t, y):
+            return torch.zeros_like(y)
+
+    ts = [0.0, 0.13, 0.5, 0.77]
+    ys = sdeint(Clock(), torch.zeros(3, 1, dtype=DTYPE), ts, dt=0.1, seed=0)
+    torch.testing.assert_close(ys[:, 0, 0], torch.tensor(ts, dtype=DTYPE))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BrownianPath
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_brownian_path_increments_add_up():
+    bm = BrownianPath(0.0, 1.0, (50, 3), levels=6, seed=0, dtype=DTYPE)
+    for a, b, c in [(0.0, 0.25, 1.0), (0.1, 0.33, 0.9), (0.2, 0.2001, 0.2002)]:
+        torch.testing.assert_close(bm(a, c), bm(a, b) + bm(b, c), rtol=0, atol=1e-12)
+    assert bm(0.4, 0.4).abs().max() == 0
+    torch.testing.assert_close(bm(0.7), bm(0.0, 0.7))
+
+
+def test_brownian_path_same_values_at_any_query_granularity():
+    bm = BrownianPath(0.0, 2.0, (10, 2), levels=9, seed=1, dtype=DTYPE)
+    coarse = bm(0.0, 2.0)
+    for n in (1, 4, 32, 512):
+        fine = sum(bm(2.0 * i / n, 2.0 * (i + 1) / n) for i in range(n))
+        torch.testing.assert_close(fine, coarse, rtol=0, atol=1e-12)
+    # off the grid too: the Brownian bridge values are cached
+    off = [0.0, 0.0013, 0.7001, 1.3, 2.0]
+    torch.testing.assert_close(sum(bm(a, b) for a, b in zip(off[:-1], off[1:])), coarse, rtol=0, atol=1e-12)
+    first = bm(0.0013, 0.7001)
+    torch.testing.assert_close(bm(0.0013, 0.7001), first, rtol=0, atol=0)
+
+
+def test_brownian_path_is_reproducible_from_its_seed():
+    a = BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=9)
+    b = BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=9)
+    c = BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=10)
+    assert torch.equal(a(0.25, 0.5), b(0.25, 0.5)) and not torch.equal(a(0.25, 0.5), c(0.25, 0.5))
+    assert torch.equal(a(0.1, 0.37), b(0.1, 0.37))
+
+
+def test_brownian_path_variance_is_the_time_step():
+    bm = BrownianPath(0.0, 1.0, (40_000, 1), levels=4, seed=2, dtype=DTYPE)
+    for a, b in [(0.0, 1.0), (0.25, 0.5), (0.3, 0.34), (0.301, 0.302)]:  # the last two are off the grid (bridge)
+        dw = bm(a, b)
+        assert abs(dw.mean().item()) < 5 * math.sqrt((b - a) / 40_000)
+        assert abs(dw.var().item() / (b - a) - 1) < 0.05
+    # independent increments over disjoint intervals
+    r = torch.corrcoef(torch.stack([bm(0.0, 0.3)[:, 0], bm(0.3, 0.31)[:, 0]]))[0, 1]
+    assert abs(r.item()) < 0.03
+
+
+def test_brownian_path_dtype_device_and_torchsde_attributes():
+    bm = BrownianPath(0.0, 1.0, (3, 2), dt=0.01, seed=0, dtype=torch.float32, device="cpu")
+    assert bm.n_cells == 100 and bm.shape == (3, 2) and bm.levy_area_approximation == "none"
+    dw = bm(torch.tensor(0.1), torch.tensor(0.37))
+    assert dw.dtype == torch.float32 and dw.device.type == "cpu" and dw.shape == (3, 2)
+    assert bm.grid_values.shape == (101, 3, 2) and bm.grid_times.shape == (101,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_brownian_path_and_sdeint_on_gpu():
+    device = torch.device("cuda")
+    bm = BrownianPath(0.0, 1.0, (8, 2), levels=5, seed=0, device=device)
+    ys = sdeint(NonlinearDiagonal(), torch.ones(8, 2, device=device), [0.0, 1.0], dt=2**-5, bm=bm)
+    assert ys.device.type == "cuda"
+    ys = sdeint(NonlinearDiagonal(), torch.ones(8, 2, device=device), [0.0, 1.0], dt=2**-5, seed=0)
+    assert ys.device.type == "cuda"
+
+
+def test_brownian_path_bad_input():
+    with pytest.raises(ValueError, match="t0 < t1"):
+        BrownianPath(1.0, 0.0, (2, 1))
+    bm = BrownianPath(0.0, 1.0, (2, 1), levels=3, seed=0)
+    with pytest.raises(ValueError, match="outside"):
+        bm(0.0, 1.5)
+    with pytest.raises(ValueError, match="ta <= tb"):
+        bm(0.5, 0.25)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad input: one test per case
+# --------------------------------------------------------------------------------------------------------------
+
+Y0 = torch.ones(4, 2, dtype=DTYPE)
+
+
+@pytest.mark.parametrize("t", [[0.0, 0.5, 0.5, 1.0], [0.0, 0.7, 0.4, 1.0]])
+def test_t_not_strictly_increasing(t):
+    with pytest.raises(ValueError, match="strictly increasing"):
+        sdeint(NonlinearDiagonal(), Y0, t, dt=0.1)
+
+
+def test_decreasing_t_is_refused_with_an_explanation():
+    with pytest.raises(ValueError, match="forward in time only"):
+        sdeint(NonlinearDiagonal(), Y0, [1.0, 0.0], dt=0.1)
+
+
+@pytest.mark.parametrize("dt", [0.0, -0.1, float("nan")])
+def test_dt_not_positive(dt):
+    with pytest.raises(ValueError, match="dt must be a positive"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=dt)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown method 'rk4'"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], method="rk4", dt=0.1)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'diffrax'"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, backend="diffrax")
+
+
+def test_euler_refuses_a_stratonovich_sde():
+    with pytest.raises(ValueError, match="does not solve stratonovich SDEs.*heun"):
+        sdeint(NonlinearDiagonal("stratonovich"), Y0, [0.0, 1.0], method="euler", dt=0.1)
+
+
+def test_heun_refuses_an_ito_sde():
+    with pytest.raises(ValueError, match="'heun' does not solve ito SDEs"):
+        sdeint(NonlinearDiagonal("ito"), Y0, [0.0, 1.0], method="heun", dt=0.1)
+
+
+def test_milstein_refuses_general_noise():
+    with pytest.raises(ValueError, match="does not support general noise"):
+        sdeint(GeneralNoise(), Y0, [0.0, 1.0], method="milstein", dt=0.1)
+
+
+def test_unknown_noise_type():
+    sde = NonlinearDiagonal()
+    sde.noise_type = "multiplicative"
+    with pytest.raises(ValueError, match="noise_type must be one of"):
+        sdeint(sde, Y0, [0.0, 1.0], dt=0.1)
+
+
+@pytest.mark.parametrize("y0", [torch.ones(2, dtype=DTYPE), torch.ones(4, 2, 1, dtype=DTYPE)])
+def test_y0_not_two_dimensional(y0):
+    with pytest.raises(ValueError, match=r"y0 must be 2-D, shape \(batch, d\)"):
+        sdeint(NonlinearDiagonal(), y0, [0.0, 1.0], dt=0.1)
+
+
+def test_diagonal_noise_with_a_matrix_diffusion():
+    sde = NonlinearDiagonal()
+    sde.g = lambda t, y: torch.ones(*y.shape, 1, dtype=y.dtype)
+    with pytest.raises(ValueError, match=r"diagonal noise: g\(t, y\) must have shape \(batch, d\)"):
+        sdeint(sde, Y0, [0.0, 1.0], dt=0.1)
+
+
+def test_scalar_noise_with_a_vector_diffusion():
+    sde = LinearScalar()
+    sde.g = lambda t, y: y
+    with pytest.raises(ValueError, match=r"scalar noise: g\(t, y\) must have shape \(batch, d, 1\)"):
+        sdeint(sde, Y0, [0.0, 1.0], method="milstein", dt=0.1)
+
+
+def test_drift_of_the_wrong_shape():
+    sde = NonlinearDiagonal()
+    sde.f = lambda t, y: y.sum(-1)
+    with pytest.raises(ValueError, match="drift f"):
+        sdeint(sde, Y0, [0.0, 1.0], dt=0.1)
+
+
+def test_nan_in_the_state_names_the_time():
+    class Blowup:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return torch.where(t > 0.45, torch.full_like(y, float("nan")), y)
+
+        def g(self, t, y):
+            return torch.zeros_like(y)
+
+    with pytest.raises(FloatingPointError, match=r"between t=0\.4 and t=0\.6"):
+        sdeint(Blowup(), Y0, [0.0, 0.2, 0.4, 0.6, 0.8], dt=0.05, seed=0)
+
+
+def test_inf_in_y0():
+    with pytest.raises(FloatingPointError, match="t=0.0"):
+        sdeint(NonlinearDiagonal(), torch.full((2, 2), float("inf"), dtype=DTYPE), [0.0, 1.0], dt=0.1)
+
+
+def test_bm_increments_of_the_wrong_shape():
+    def bad_bm(ta, tb):
+        return torch.zeros(4, 3, dtype=DTYPE)
+
+    with pytest.raises(ValueError, match=r"increment of shape \(4, 3\); expected \(batch, m\) = \(4, 2\)"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, bm=bad_bm)
+    with pytest.raises(ValueError, match=r"bm has shape \(4, 1\)"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, bm=BrownianPath(0.0, 1.0, (4, 1), levels=3))
+
+
+def test_seed_together_with_bm():
+    with pytest.raises(ValueError, match="seed"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, seed=0, bm=BrownianPath(0.0, 1.0, (4, 2), levels=3))
+
+
+def test_unknown_option():
+    with pytest.raises(ValueError, match="unknown options"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, method="milstein", options={"gradfree": True})
+
+
+def test_sde_without_diffusion():
+    class DriftOnly:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return y
+
+    with pytest.raises(TypeError, match=r"method g\(t, y\)"):
+        sdeint(DriftOnly(), Y0, [0.0, 1.0], dt=0.1)
+
+
+def test_bm_of_another_dtype():
+    with pytest.raises(ValueError, match="bm has dtype torch.float32 but y0 has dtype torch.float64"):
+        bm = BrownianPath(0.0, 1.0, (4, 2), levels=3, dtype=torch.float32)
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, bm=bm)
+
+
+def test_additive_noise_milstein_is_euler_maruyama():
+    class Additive:
+        noise_type, sde_type = "additive", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return torch.tensor([[0.3, 0.1, 0.0], [0.0, 0.2, 0.4]], dtype=y.dtype).expand(y.shape[0], 2, 3)
+
+    bm = BrownianPath(0.0, 1.0, (8, 3), levels=5, seed=0, dtype=DTYPE)
+    em = sdeint(Additive(), Y0.repeat(2, 1), [0.0, 1.0], method="euler", dt=2**-5, bm=bm)
+    mil = sdeint(Additive(), Y0.repeat(2, 1), [0.0, 1.0], method="milstein", dt=2**-5, bm=bm)
+    torch.testing.assert_close(em, mil, rtol=0, atol=1e-14)
+
+
+def test_torchsde_backend_with_a_seed_is_reproducible():
+    a = sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, seed=5, backend="torchsde")
+    b = sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, seed=5, backend="torchsde")
+    assert a.shape == (2, 4, 2) and torch.equal(a, b)
