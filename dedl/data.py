@@ -6,7 +6,12 @@ not on disk; such a loader then raises :class:`DataUnavailableError` with instru
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import pickle
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -98,3 +103,481 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, Ten
     x_train, x_test = x[~test_mask], x[test_mask]
     mean, std = x_train.mean(), x_train.std()
     return (x_train - mean) / std, y[~test_mask], (x_test - mean) / std, y[test_mask]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trajectories of known dynamics, and irregularly sampled, partially observed series built from them
+# ----------------------------------------------------------------------------------------------------
+
+SYSTEMS = ("pendulum", "lotka_volterra", "spiral")
+
+
+def _check_series_args(n: int, n_times: int, t_end: float, noise: float) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(n_times, bool) or not isinstance(n_times, int) or n_times < 2:
+        raise ValueError(f"n_times must be an int >= 2, got {n_times!r}")
+    if not t_end > 0:
+        raise ValueError(f"t_end must be positive, got {t_end}")
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+
+
+def _series_times(n_times: int, t_end: float, irregular: bool, g: torch.Generator) -> Tensor:
+    """``n_times`` times in ``[0, t_end]``: equally spaced, or sorted uniform draws (redrawn until distinct)."""
+    if not irregular:
+        return torch.linspace(0.0, t_end, n_times, dtype=torch.float64)
+    while True:
+        times = torch.sort(torch.rand(n_times, generator=g, dtype=torch.float64) * t_end).values
+        if (times[1:] > times[:-1]).all():
+            return times
+
+
+def _integrate(rhs, y0: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Solve ``y' = rhs(t, y)`` from ``t = 0`` for states ``y0`` of shape ``(n, d)``; returns ``(n, T, d)``."""
+    from scipy.integrate import solve_ivp
+
+    n, d = y0.shape
+    sol = solve_ivp(
+        lambda t, y: rhs(t, y.reshape(n, d)).ravel(),
+        (0.0, float(times[-1])),
+        y0.ravel(),
+        t_eval=times,
+        method="DOP853",
+        rtol=1e-9,
+        atol=1e-9,
+    )
+    if not sol.success:  # pragma: no cover - the systems below are smooth and bounded
+        raise FloatingPointError(f"integrating the trajectories failed: {sol.message}")
+    return sol.y.reshape(n, d, len(times)).transpose(0, 2, 1)
+
+
+def _finish(times: Tensor, values: np.ndarray | Tensor, noise: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    values = torch.as_tensor(values, dtype=torch.float64)
+    values = values + noise * torch.randn(values.shape, generator=g, dtype=torch.float64)
+    dtype = torch.get_default_dtype()
+    return times.to(dtype), values.to(dtype)
+
+
+def _lotka_volterra(y0: Tensor, times: Tensor, alpha: float, beta: float, gamma: float, delta: float) -> np.ndarray:
+    def rhs(t, y):
+        prey, predator = y[:, 0], y[:, 1]
+        return np.stack([alpha * prey - beta * prey * predator, delta * prey * predator - gamma * predator], 1)
+
+    return _integrate(rhs, y0.numpy(), times.numpy())
+
+
+def _pendulum(y0: Tensor, times: Tensor, omega: float, damping: float) -> np.ndarray:
+    def rhs(t, y):
+        return np.stack([y[:, 1], -(omega**2) * np.sin(y[:, 0]) - damping * y[:, 1]], 1)
+
+    return _integrate(rhs, y0.numpy(), times.numpy())
+
+
+def _pendulum_start(n: int, g: torch.Generator) -> Tensor:
+    """Initial angles uniform in ``[-2, 2]`` and angular velocities uniform in ``[-1, 1]``, shape ``(n, 2)``."""
+    angle = 4 * torch.rand(n, generator=g, dtype=torch.float64) - 2
+    velocity = 2 * torch.rand(n, generator=g, dtype=torch.float64) - 1
+    return torch.stack([angle, velocity], 1)
+
+
+def _spiral(start: Tensor, clockwise: Tensor, times: Tensor, a: float, b: float) -> Tensor:
+    angle = start[:, None] + times[None, :]  # (n, T), one radian per unit of time
+    radius = a + b * angle
+    y = radius * torch.sin(angle)
+    return torch.stack([radius * torch.cos(angle), torch.where(clockwise[:, None], -y, y)], -1)
+
+
+def lotka_volterra(
+    n: int,
+    n_times: int = 100,
+    t_end: float = 10.0,
+    noise: float = 0.0,
+    alpha: float = 1.5,
+    beta: float = 1.0,
+    gamma: float = 3.0,
+    delta: float = 1.0,
+    irregular: bool = False,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Predator-prey trajectories ``x' = alpha x - beta x y``, ``y' = delta x y - gamma y`` (Lotka-Volterra).
+
+    ``n`` initial populations drawn uniformly from ``[0.5, 3]^2``, integrated from ``t = 0`` with an adaptive
+    8th-order Runge-Kutta method (tolerance ``1e-9``) and read at ``n_times`` times in ``[0, t_end]``
+    (equally spaced, or sorted uniform draws with ``irregular=True``), plus Gaussian ``noise``. The orbits are
+    closed: each trajectory is periodic, with a period that depends on its initial condition.
+    Returns ``times`` of shape ``(n_times,)`` and ``values`` of shape ``(n, n_times, 2)`` (prey, predator).
+    """
+    _check_series_args(n, n_times, t_end, noise)
+    g = _generator(seed)
+    times = _series_times(n_times, t_end, irregular, g)
+    y0 = 0.5 + 2.5 * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    return _finish(times, _lotka_volterra(y0, times, alpha, beta, gamma, delta), noise, g)
+
+
+def damped_pendulum(
+    n: int,
+    n_times: int = 100,
+    t_end: float = 10.0,
+    noise: float = 0.0,
+    omega: float = 2.0,
+    damping: float = 0.2,
+    irregular: bool = False,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Damped pendulum ``theta'' = -omega^2 sin(theta) - damping theta'`` as the state ``(theta, theta')``.
+
+    Initial angles are drawn uniformly from ``[-2, 2]`` radians and initial angular velocities from ``[-1, 1]``;
+    the nonlinear equation (not its small-angle linearisation) is integrated from ``t = 0`` as in
+    :func:`lotka_volterra`. Returns ``times`` of shape ``(n_times,)`` and ``values`` of shape ``(n, n_times, 2)``.
+    """
+    _check_series_args(n, n_times, t_end, noise)
+    g = _generator(seed)
+    times = _series_times(n_times, t_end, irregular, g)
+    return _finish(times, _pendulum(_pendulum_start(n, g), times, omega, damping), noise, g)
+
+
+def spiral_trajectories(
+    n: int,
+    n_times: int = 100,
+    t_end: float = 2 * math.pi,
+    noise: float = 0.0,
+    a: float = 0.0,
+    b: float = 0.3,
+    irregular: bool = False,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Two-dimensional Archimedean spirals, half clockwise, half counter-clockwise {cite}`chen2018neural` (Sec. 5.1).
+
+    The latent-ODE experiment of Chen et al. fits 2-D spirals that start at different points and turn either way.
+    Here each trajectory follows ``r = a + b phi`` with the angle ``phi(t) = phi_0 + t`` (one radian per unit
+    time), ``phi_0`` uniform in ``[0, 4 pi]``; a clockwise spiral is the mirror image ``(x, -y)``. Returns
+    ``times`` ``(n_times,)``, ``values`` ``(n, n_times, 2)`` and the boolean label ``clockwise`` ``(n,)``.
+    """
+    _check_series_args(n, n_times, t_end, noise)
+    g = _generator(seed)
+    times = _series_times(n_times, t_end, irregular, g)
+    start = 4 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+    clockwise = torch.arange(n) % 2 == 1
+    times, values = _finish(times, _spiral(start, clockwise, times, a, b), noise, g)
+    return times, values, clockwise
+
+
+class IrregularSeries(NamedTuple):
+    """An irregularly sampled, partially observed data set (see :func:`irregular_series`).
+
+    ``times`` ``(T,)`` is the union of all observation times; ``values`` ``(n, T, C)`` holds the noisy
+    measurements at every time, ``mask`` ``(n, T, C)`` (bool) says which of them were observed, and ``clean``
+    ``(n, T, C)`` is the noise-free state. Models may only look at ``values[mask]``; the rest is kept for
+    evaluation. :meth:`observed` gives the values with ``NaN`` where nothing was observed.
+    """
+
+    times: Tensor
+    values: Tensor
+    mask: Tensor
+    clean: Tensor
+
+    def observed(self) -> Tensor:
+        """``values`` with ``NaN`` at every unobserved entry (the input format of :mod:`dedl.interpolation`)."""
+        return torch.where(self.mask, self.values, torch.full_like(self.values, float("nan")))
+
+
+def irregular_series(
+    n: int,
+    system: str = "pendulum",
+    n_times: int = 100,
+    t_end: float = 10.0,
+    missing: float = 0.5,
+    noise: float = 0.05,
+    per_channel: bool = True,
+    seed: int = 0,
+    **params: float,
+) -> IrregularSeries:
+    """Trajectories of a known system sampled at irregular random times, with missing observations and noise.
+
+    The setting of Rubanova et al. {cite}`rubanova2019latent` (Sec. 4) and Kidger et al. {cite}`kidger2020neural`
+    (Sec. 4.1): ``n_times`` times are drawn uniformly at random in ``[0, t_end]`` and sorted (the union of all
+    observation times of the batch); every series is the solution of ``system`` (``"pendulum"``:
+    :func:`damped_pendulum`, ``"lotka_volterra"``: :func:`lotka_volterra`, ``"spiral"``:
+    :func:`spiral_trajectories`; ``params`` go to it) from its own random initial state; each entry is dropped
+    independently with probability ``missing`` (``per_channel=False`` drops whole time points instead), so each
+    series is seen at its own irregular subset of the times; and Gaussian ``noise`` of that standard deviation is
+    added to the measurements. Seeded: the same arguments give the same data.
+    """
+    if system not in SYSTEMS:
+        raise ValueError(f"system must be one of {SYSTEMS}, got {system!r}")
+    if not 0 <= missing < 1:
+        raise ValueError(f"missing must be in [0, 1), got {missing}")
+    _check_series_args(n, n_times, t_end, noise)
+    g = _generator(seed)
+    times = _series_times(n_times, t_end, True, g)
+    if system == "pendulum":
+        omega, damping = params.get("omega", 2.0), params.get("damping", 0.2)
+        clean = torch.as_tensor(_pendulum(_pendulum_start(n, g), times, omega, damping))
+    elif system == "lotka_volterra":
+        y0 = 0.5 + 2.5 * torch.rand(n, 2, generator=g, dtype=torch.float64)
+        keys = dict(alpha=1.5, beta=1.0, gamma=3.0, delta=1.0)
+        clean = torch.as_tensor(_lotka_volterra(y0, times, **{k: params.get(k, v) for k, v in keys.items()}))
+    else:
+        start = 4 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+        clockwise = torch.arange(n) % 2 == 1
+        clean = _spiral(start, clockwise, times, params.get("a", 0.0), params.get("b", 0.3))
+    shape = clean.shape if per_channel else clean.shape[:2] + (1,)
+    mask = (torch.rand(shape, generator=g, dtype=torch.float64) >= missing).expand(clean.shape).clone()
+    times, values = _finish(times, clean, noise, g)
+    return IrregularSeries(times, values, mask, clean.to(values.dtype))
+
+
+def load_stock_prices() -> tuple[Tensor, Tensor]:
+    """A real irregularly sampled series that ships with matplotlib: Google's daily closing price, 2004-2008.
+
+    Prices exist on trading days only, so the gaps are one day, three days over a weekend and more over
+    holidays. Returns ``days`` (float, days since the first quote) and ``close`` (US dollars), both ``(1047,)``
+    for the copy in matplotlib's sample data. Raises :class:`DataUnavailableError` if matplotlib no longer ships it.
+    """
+    try:
+        from matplotlib import cbook
+
+        with cbook.get_sample_data("goog.npz") as data:
+            prices = data["price_data"]
+    except (OSError, KeyError, ValueError) as err:
+        raise DataUnavailableError(
+            "matplotlib's sample file goog.npz was not found; any other daily price series works the same way"
+        ) from err
+    dates = prices["date"].astype("datetime64[D]").astype(np.int64)
+    days = torch.tensor(dates - dates[0], dtype=torch.get_default_dtype())
+    return days, torch.tensor(prices["close"], dtype=torch.get_default_dtype())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Real image data sets for full-scale runs: CIFAR-10/100 (python pickle batches) and MNIST (idx files)
+# ----------------------------------------------------------------------------------------------------
+
+
+# Per-channel statistics of the training images in [0, 1], the usual normalisation constants.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+
+_CIFAR10_FOLDER, _CIFAR100_FOLDER = "cifar-10-batches-py", "cifar-100-python"
+_CIFAR10_FILES = {True: [f"data_batch_{i}" for i in range(1, 6)], False: ["test_batch"]}
+_CIFAR100_FILES = {True: ["train"], False: ["test"]}
+_MNIST_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder that the full-scale loaders read: ``root``, else ``$DEDL_DATA``, else ``~/.cache/dedl``."""
+    if root is not None:
+        return Path(root).expanduser()
+    return Path(os.environ.get("DEDL_DATA") or Path.home() / ".cache" / "dedl").expanduser()
+
+
+def _torchvision_download(dataset: str, root: Path, train: bool) -> None:
+    """Fetch ``dataset`` (a ``torchvision.datasets`` class name) into ``root`` with torchvision.
+
+    Raises whatever torchvision raises, and ``ImportError`` when torchvision is not installed or does not load.
+    """
+    try:
+        import torchvision.datasets as datasets
+    except Exception as err:  # not installed, or built against another torch
+        raise ImportError(f"torchvision is not usable here ({err})") from err
+    getattr(datasets, dataset)(str(root), train=train, download=True)
+
+
+def _fetch_or_explain(
+    dataset: str, root: Path, train: bool, download: bool, missing: list[Path], instructions: str
+) -> None:
+    """Try a torchvision download when allowed; otherwise, or when it fails, raise :class:`DataUnavailableError`."""
+    reason = "download=False"
+    if download:
+        try:
+            _torchvision_download(dataset, root, train)
+            return
+        except ImportError as err:
+            reason = str(err)
+        except Exception as err:  # offline, server down, checksum mismatch, ...
+            reason = f"the torchvision download failed: {type(err).__name__}: {err}"
+    listing = ", ".join(str(p) for p in missing)
+    display = {"CIFAR10": "CIFAR-10", "CIFAR100": "CIFAR-100"}.get(dataset, dataset)
+    raise DataUnavailableError(
+        f"{display} is not on disk: missing {listing}. {instructions} "
+        f"(Looked in {root}; pass root=... or set the environment variable DEDL_DATA to change the folder. "
+        f"No automatic download: {reason}.)"
+    )
+
+
+def _normalise(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], normalize: bool) -> Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
+    if normalize:
+        shape = (1, len(mean), 1, 1)
+        x = (x - torch.tensor(mean).reshape(shape)) / torch.tensor(std).reshape(shape)
+    return x
+
+
+def _unpickle(path: Path) -> dict:
+    """One batch file of the CIFAR "python version" (a pickled dict; byte-string keys as the originals have)."""
+    with open(path, "rb") as fh:
+        batch = pickle.load(fh, encoding="bytes")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _read_cifar(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in files:
+        batch = _unpickle(folder / name)
+        if "data" not in batch or label_key not in batch:
+            raise ValueError(f"{folder / name} is not a CIFAR batch: it lacks the keys 'data' and {label_key!r}")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{folder / name}: expected data of shape (N, 3072), got {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32))  # rows hold the red, green and blue 32x32 planes in turn
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _load_cifar(
+    dataset: str,
+    folder_name: str,
+    files: dict[bool, list[str]],
+    label_key: str,
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    root: str | os.PathLike | None,
+    train: bool,
+    normalize: bool,
+    download: bool,
+    instructions: str,
+) -> tuple[Tensor, Tensor]:
+    base = data_root(root)
+    folder = base / folder_name
+    missing = [folder / name for name in files[train] if not (folder / name).is_file()]
+    if missing:
+        _fetch_or_explain(dataset, base, train, download, missing, instructions)
+    images, labels = _read_cifar(folder, files[train], label_key)
+    return _normalise(images, *stats, normalize), torch.from_numpy(labels)
+
+
+def load_cifar10(
+    root: str | os.PathLike | None = None, train: bool = True, normalize: bool = True, download: bool = True
+) -> tuple[Tensor, Tensor]:
+    """CIFAR-10 (Krizhevsky 2009): 50,000 training and 10,000 test colour images of 32x32 pixels, 10 classes.
+
+    Reads the "CIFAR-10 python version" from ``data_root(root) / "cifar-10-batches-py"`` (``data_batch_1`` ...
+    ``data_batch_5`` for ``train=True``, ``test_batch`` otherwise; the files are Python pickles, so only read
+    copies you trust). Returns images ``(N, 3, 32, 32)`` float32, scaled to ``[0, 1]`` and, with ``normalize``,
+    standardised per channel with the training-set statistics ``CIFAR10_MEAN`` / ``CIFAR10_STD``, and labels
+    ``(N,)`` int64 in ``0..9``. If the files are missing and ``download`` is true, torchvision (if it is
+    installed and the network is reachable) fetches them; otherwise :class:`DataUnavailableError` says where
+    to put which files. Nothing is downloaded unless this function is called.
+    """
+    return _load_cifar(
+        "CIFAR10",
+        _CIFAR10_FOLDER,
+        _CIFAR10_FILES,
+        "labels",
+        (CIFAR10_MEAN, CIFAR10_STD),
+        root,
+        train,
+        normalize,
+        download,
+        "Download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it into "
+        f"the data folder, so that it holds {_CIFAR10_FOLDER}/data_batch_1 ... data_batch_5 and test_batch.",
+    )
+
+
+def load_cifar100(
+    root: str | os.PathLike | None = None,
+    train: bool = True,
+    normalize: bool = True,
+    download: bool = True,
+    label: str = "fine",
+) -> tuple[Tensor, Tensor]:
+    """CIFAR-100: the CIFAR-10 format with 100 ``"fine"`` classes grouped into 20 ``"coarse"`` superclasses.
+
+    Reads ``data_root(root) / "cifar-100-python" / ("train" | "test")`` and returns images as
+    :func:`load_cifar10` does (standardised with ``CIFAR100_MEAN`` / ``CIFAR100_STD``) and the ``label``
+    (``"fine"``, 0..99, or ``"coarse"``, 0..19) of each image. Missing files: as in :func:`load_cifar10`.
+    """
+    if label not in ("fine", "coarse"):
+        raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")
+    return _load_cifar(
+        "CIFAR100",
+        _CIFAR100_FOLDER,
+        _CIFAR100_FILES,
+        f"{label}_labels",
+        (CIFAR100_MEAN, CIFAR100_STD),
+        root,
+        train,
+        normalize,
+        download,
+        "Download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it into "
+        f"the data folder, so that it holds {_CIFAR100_FOLDER}/train and {_CIFAR100_FOLDER}/test.",
+    )
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an array in LeCun's idx format (the MNIST files), optionally gzip-compressed (``.gz``).
+
+    The header is two zero bytes, a type code (only ``0x08``, unsigned bytes, is used by MNIST and accepted
+    here), the number of dimensions ``d``, and ``d`` big-endian 32-bit sizes; the data follow in C order.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path} is not an idx file (bad magic number)")
+    if raw[2] != 0x08:
+        raise ValueError(f"{path}: only unsigned-byte idx files (type 0x08) are supported, got type {raw[2]:#04x}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) - header != int(np.prod(shape)):
+        raise ValueError(f"{path}: the header announces shape {shape} but the file holds {len(raw) - header} values")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+
+
+def _find_idx(base: Path, name: str) -> Path | None:
+    for folder in (base / "MNIST" / "raw", base / "mnist", base):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_mnist(
+    root: str | os.PathLike | None = None, train: bool = True, normalize: bool = True, download: bool = True
+) -> tuple[Tensor, Tensor]:
+    """MNIST (LeCun et al. 1998): 60,000 training and 10,000 test handwritten digits of 28x28 pixels.
+
+    Reads the four idx files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each possibly ``.gz``) from
+    ``data_root(root) / "MNIST" / "raw"`` (torchvision's layout), ``data_root(root) / "mnist"`` or
+    ``data_root(root)``. Returns images ``(N, 1, 28, 28)`` float32 in ``[0, 1]``, standardised with
+    ``MNIST_MEAN`` / ``MNIST_STD`` when ``normalize``, and labels ``(N,)`` int64. Missing files: as in
+    :func:`load_cifar10`.
+    """
+    base = data_root(root)
+    names = _MNIST_FILES[train]
+    paths = [_find_idx(base, name) for name in names]
+    if any(p is None for p in paths):
+        missing = [base / "MNIST" / "raw" / n for n, p in zip(names, paths) if p is None]
+        _fetch_or_explain(
+            "MNIST",
+            base,
+            train,
+            download,
+            missing,
+            "Download the four idx files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) from a MNIST mirror and put them in "
+            "MNIST/raw/ inside the data folder.",
+        )
+        paths = [_find_idx(base, name) for name in names]
+        if any(p is None for p in paths):  # torchvision stored them somewhere else
+            raise DataUnavailableError(f"MNIST files still missing under {base} after the download")
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"MNIST files disagree: images {images.shape}, labels {labels.shape}")
+    return _normalise(images[:, None], MNIST_MEAN, MNIST_STD, normalize), torch.from_numpy(labels.astype(np.int64))
