@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from dedl.nn.checks import check_image_or_vector, positive_float, positive_int
-from dedl.nn.stable import LeapfrogBlock, Operator, SecondOrderBody, zero_bias
+from dedl.nn.checks import positive_float, positive_int
+from dedl.nn.stable import LayerStack, LeapfrogBlock, Operator, SecondOrderBody, zero_bias
 
 NORMALIZATIONS = ("batch", None)
 
@@ -98,7 +98,7 @@ class ParabolicLayer(nn.Module):
         return y - self.h * self.force(y)
 
 
-class ParabolicCNN(nn.Module):
+class ParabolicCNN(LayerStack):
     """Parabolic residual CNN {cite}`ruthotto2020deep`: ``Y_{j+1} = Y_j − h K_jᵀ σ(N(K_j Y_j))``, ``h = T / depth``.
 
     Forward Euler for the nonlinear diffusion ``∂_t Y = −Kᵀσ(N(KY))``. For monotone ``σ`` with
@@ -121,29 +121,11 @@ class ParabolicCNN(nn.Module):
         normalization: str | None = "batch",
         stencil: Tensor | None = None,
     ):
-        super().__init__()
-        positive_int("width", width)
-        positive_int("depth", depth)
-        self.width, self.depth, self.T, self.kind = width, depth, positive_float("T", T), "conv"
+        super().__init__(width, depth, T, "conv")
         self.layers = nn.ModuleList(
             ParabolicLayer(PDEForce(width, hidden, kernel_size, activation, normalization, stencil), self.h)
             for _ in range(depth)
         )
-
-    @property
-    def h(self) -> float:
-        return self.T / self.depth
-
-    def forward(self, y: Tensor) -> Tensor:
-        return self.trajectory(y)[-1]
-
-    def trajectory(self, y: Tensor) -> list[Tensor]:
-        """The states ``Y_0, ..., Y_depth`` (for the pictures of a diffusion)."""
-        check_image_or_vector(y, "conv", self.width)
-        states = [y]
-        for layer in self.layers:
-            states.append(layer(states[-1]))
-        return states
 
 
 class HyperbolicCNN(SecondOrderBody):

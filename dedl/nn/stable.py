@@ -212,7 +212,36 @@ class AntisymmetricLayer(nn.Module):
         return y + self.h * self.vector_field(y)
 
 
-class AntisymmetricResNet(nn.Module):
+class LayerStack(nn.Module):
+    """A body of one-step layers, ``Y_{j+1} = layer_j(Y_j)`` for ``j = 0, ..., depth − 1``, with the step
+    ``h = T / depth``: the frame of :class:`AntisymmetricResNet` and :class:`dedl.nn.pde.ParabolicCNN`, whose
+    constructors fill ``self.layers``."""
+
+    layers: nn.ModuleList
+
+    def __init__(self, width: int, depth: int, T: float, kind: str):
+        super().__init__()
+        self.width, self.depth = positive_int("width", width), positive_int("depth", depth)
+        self.T, self.kind = positive_float("T", T), check_kind(kind)
+
+    @property
+    def h(self) -> float:
+        """The step size ``T / depth``."""
+        return self.T / self.depth
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.trajectory(y)[-1]
+
+    def trajectory(self, y: Tensor) -> list[Tensor]:
+        """The states ``Y_0, ..., Y_depth``, for plots."""
+        check_image_or_vector(y, self.kind, self.width)
+        states = [y]
+        for layer in self.layers:
+            states.append(layer(states[-1]))
+        return states
+
+
+class AntisymmetricResNet(LayerStack):
     """Antisymmetric ResNet {cite}`haber2017stable`: ``Y_{j+1} = Y_j + h σ((W_j − W_jᵀ − γI) Y_j + b_j)``.
 
     ``depth`` forward Euler steps of size ``h = T / depth``. Not reversible (forward Euler is not), but
@@ -232,29 +261,10 @@ class AntisymmetricResNet(nn.Module):
         kernel_size: int = 3,
         activation: Callable[[Tensor], Tensor] = torch.tanh,
     ):
-        super().__init__()
-        positive_int("width", width)
-        positive_int("depth", depth)
-        self.width, self.depth, self.T, self.kind = width, depth, positive_float("T", T), check_kind(kind)
-        h = self.T / depth
+        super().__init__(width, depth, T, kind)
         self.layers = nn.ModuleList(
-            AntisymmetricLayer(width, h, gamma, kind, kernel_size, activation) for _ in range(depth)
+            AntisymmetricLayer(width, self.h, gamma, kind, kernel_size, activation) for _ in range(depth)
         )
-
-    @property
-    def h(self) -> float:
-        return self.T / self.depth
-
-    def forward(self, y: Tensor) -> Tensor:
-        return self.trajectory(y)[-1]
-
-    def trajectory(self, y: Tensor) -> list[Tensor]:
-        """The states ``Y_0, ..., Y_depth``, for plots."""
-        check_image_or_vector(y, self.kind, self.width)
-        states = [y]
-        for layer in self.layers:
-            states.append(layer(states[-1]))
-        return states
 
 
 # --------------------------------------------------------------------------------------------------
