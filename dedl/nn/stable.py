@@ -217,8 +217,6 @@ class LayerStack(nn.Module):
     ``h = T / depth``: the frame of :class:`AntisymmetricResNet` and :class:`dedl.nn.pde.ParabolicCNN`, whose
     constructors fill ``self.layers``."""
 
-    layers: nn.ModuleList
-
     def __init__(self, width: int, depth: int, T: float, kind: str):
         super().__init__()
         self.width, self.depth = positive_int("width", width), positive_int("depth", depth)
