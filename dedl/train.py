@@ -24,6 +24,36 @@ class History:
     seconds: float = 0.0
 
 
+def cross_entropy_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """The classification loss for :func:`fit`: ``cross_entropy(model(x), y)`` on a batch ``(x, y)`` of inputs
+    and integer labels."""
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def shuffled_batches(
+    x: Tensor, y: Tensor, batch_size: int, drop_last: bool = False
+) -> Callable[[], list[tuple[Tensor, Tensor]]]:
+    """The ``batches`` argument of :func:`fit` for in-memory data: a function that returns the mini-batches
+    ``(x[i], y[i])`` of one epoch in a fresh random order (``torch.randperm``, so :func:`fit`'s seed fixes it).
+
+    ``drop_last=True`` leaves out the last, incomplete batch (batch norm then never sees a tiny batch).
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if drop_last and len(x) < batch_size:
+        raise ValueError(f"drop_last=True with {len(x)} examples and batch_size {batch_size} leaves no batch")
+    stop = len(x) - batch_size + 1 if drop_last else len(x)
+
+    def batches() -> list[tuple[Tensor, Tensor]]:
+        order = torch.randperm(len(x))
+        return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, stop, batch_size)]
+
+    return batches
+
+
 def fit(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Batch], Tensor],
