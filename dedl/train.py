@@ -136,9 +136,25 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
 
 
 def robust_accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, noise_std: float = 0.0, fgsm_epsilon: float = 0.0, seed: int = 0
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    noise_std: float = 0.0,
+    fgsm_epsilon: float = 0.0,
+    seed: int = 0,
+    batch_size: int | None = None,
 ) -> float:
-    """Accuracy on inputs perturbed by Gaussian noise of ``noise_std`` and then an FGSM step of ``fgsm_epsilon``."""
+    """Accuracy on inputs perturbed by Gaussian noise of ``noise_std`` and then an FGSM step of ``fgsm_epsilon``.
+
+    ``batch_size`` scores the set in chunks, as a large test set needs on a GPU (the FGSM step keeps a graph of
+    the whole chunk); the noise of the chunk that starts at index ``i`` is drawn with the seed ``seed + i``.
+    """
+    if batch_size is not None and batch_size < len(x):
+        correct = 0.0
+        for i in range(0, len(x), batch_size):
+            xi, yi = x[i : i + batch_size], y[i : i + batch_size]
+            correct += robust_accuracy(model, xi, yi, noise_std, fgsm_epsilon, seed + i) * len(yi)
+        return correct / len(y)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     if noise_std > 0:
