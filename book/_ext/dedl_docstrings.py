@@ -66,8 +66,8 @@ def _canonical_name(dotted: str) -> str | None:
     return None
 
 
-def _inherited_name(module: str | None, klass: str | None, attr: str) -> str | None:
-    """``inverse`` seen from ``dedl.nn.stable.RevNet`` -> ``dedl.nn.stable.ReversibleBody.inverse``."""
+def _dedl_class(module: str | None, klass: str | None) -> Any:
+    """The class ``klass`` (a dotted qualname) of the dedl module ``module``, or None."""
     if not module or not klass or not module.startswith("dedl"):
         return None
     try:
@@ -76,6 +76,12 @@ def _inherited_name(module: str | None, klass: str | None, attr: str) -> str | N
             cls = getattr(cls, part)
     except (ImportError, AttributeError):
         return None
+    return cls
+
+
+def _inherited_name(module: str | None, klass: str | None, attr: str) -> str | None:
+    """``inverse`` seen from ``dedl.nn.stable.RevNet`` -> ``dedl.nn.stable.ReversibleBody.inverse``."""
+    cls = _dedl_class(module, klass)
     for base in getattr(cls, "__mro__", ())[1:]:
         if attr in vars(base) and base.__module__.startswith("dedl"):
             return f"{base.__module__}.{base.__qualname__}.{attr}"
@@ -84,18 +90,14 @@ def _inherited_name(module: str | None, klass: str | None, attr: str) -> str | N
 
 def _instance_attribute_owner(module: str | None, klass: str | None, attr: str) -> str | None:
     """``nfe`` seen from a class whose methods set ``self.nfe = ...``: the class, which documents it."""
-    if not module or not klass or not module.startswith("dedl"):
-        return None
+    cls = _dedl_class(module, klass)
     try:
-        cls: Any = importlib.import_module(module)
-        for part in klass.split("."):
-            cls = getattr(cls, part)
-        for base in cls.__mro__:
+        for base in getattr(cls, "__mro__", ()):
             if base.__module__.startswith("dedl") and re.search(
                 rf"\bself\.{re.escape(attr)}\s*(:[^=\n]*)?=(?!=)", inspect.getsource(base)
             ):
                 return f"{module}.{klass}"
-    except (ImportError, AttributeError, OSError, TypeError):
+    except (OSError, TypeError):
         return None
     return None
 
