@@ -66,3 +66,8 @@ class NFECounter(nn.Module):
 
     def reset(self) -> None:
         self.nfe = 0
+
+
+def parameter_count(module: nn.Module) -> int:
+    """The number of trainable parameters of ``module`` (the counts that the docstrings of ``dedl.nn`` quote)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

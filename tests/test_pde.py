@@ -16,7 +16,7 @@ from dedl.nn.pde import (
     identity,
     wave_equation,
 )
-from dedl.nn.stable import parameter_count
+from dedl.utils import parameter_count
 
 LAPLACIAN = torch.tensor([[[[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]]])
 

@@ -16,9 +16,9 @@ from dedl.nn.stable import (
     LeapfrogNet,
     Operator,
     RevNet,
-    parameter_count,
     reversible_sequence,
 )
+from dedl.utils import parameter_count
 
 BODIES = [AntisymmetricResNet, HamiltonianNet, LeapfrogNet, RevNet]
 REVERSIBLE = [HamiltonianNet, LeapfrogNet, RevNet]

@@ -777,11 +777,6 @@ class AntisymmetricRNN(nn.Module):
         return torch.stack(outputs, dim=1), h
 
 
-def parameter_count(module: nn.Module) -> int:
-    """Number of trainable parameters of ``module`` (the counts quoted in this module's docstrings)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 @torch.no_grad()
 def amplification(body: Callable[[Tensor], Tensor], x: Tensor, size: float = 1e-6, seed: int = 0) -> float:
     """Median over the batch of ``‖Φ(x + δ) − Φ(x)‖ / ‖δ‖`` for random ``δ`` of norm ``size``.
