@@ -81,7 +81,7 @@ def image_grid(images: Tensor, nrow: int = 8, ax: Axes | None = None, cmap: str 
         r, k = divmod(i, ncol)
         canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img
     canvas = (canvas - canvas.min()) / (canvas.max() - canvas.min() + 1e-12)
-    ax.imshow(canvas[0] if c == 1 else canvas.permute(1, 2, 0), cmap=cmap if c == 1 else None)
+    ax.imshow((canvas[0] if c == 1 else canvas.permute(1, 2, 0)).numpy(), cmap=cmap if c == 1 else None)
     ax.axis("off")
     return ax
 

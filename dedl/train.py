@@ -130,8 +130,9 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, epsilon: float) -> Tensor:
         raise ValueError(f"epsilon must be >= 0, got {epsilon}")
     model.eval()
     x = x.detach().clone().requires_grad_(True)
-    loss = nn.functional.cross_entropy(model(x), y)
-    (grad,) = torch.autograd.grad(loss, x)
+    with torch.enable_grad():  # the attack needs a gradient even when called under torch.no_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        (grad,) = torch.autograd.grad(loss, x)
     return (x + epsilon * grad.sign()).detach()
 
 
@@ -149,6 +150,12 @@ def robust_accuracy(
     ``batch_size`` scores the set in chunks, as a large test set needs on a GPU (the FGSM step keeps a graph of
     the whole chunk); the noise of the chunk that starts at index ``i`` is drawn with the seed ``seed + i``.
     """
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if not fgsm_epsilon >= 0:
+        raise ValueError(f"fgsm_epsilon must be >= 0, got {fgsm_epsilon}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     if batch_size is not None and batch_size < len(x):
         correct = 0.0
         for i in range(0, len(x), batch_size):
