@@ -1,10 +1,10 @@
-"""Small helpers every chapter uses: device, seeding, the scale switch and an NFE counter."""
+"""Small helpers every chapter uses: device, seeding, the scale switch, an NFE counter, measured orders."""
 
 from __future__ import annotations
 
 import os
 import random
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -71,3 +71,28 @@ class NFECounter(nn.Module):
 def parameter_count(module: nn.Module) -> int:
     """The number of trainable parameters of ``module`` (the counts that the docstrings of ``dedl.nn`` quote)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def fitted_order(steps: Sequence[float], errors: Sequence[float]) -> float:
+    r"""The measured order of convergence: the least-squares slope of :math:`\log e` against :math:`\log h`.
+
+    A method of order :math:`p` has error :math:`e \approx C h^p` for small :math:`h`
+    {cite}`hairer1993solving` (Sec. II.3), so the slope is :math:`p`. Hand in the asymptotic range only:
+    errors at the round-off floor, or of the size of the reference solution's own error, flatten the fit.
+
+    Args:
+        steps: step sizes :math:`h` (or any quantity proportional to them), positive and finite.
+        errors: the errors at those steps, positive and finite, as many as ``steps``.
+
+    Raises:
+        ValueError: fewer than two points, different lengths, or a value that is not positive and finite.
+    """
+    h, e = np.asarray(steps, dtype=float), np.asarray(errors, dtype=float)
+    if h.ndim != 1 or h.shape != e.shape or len(h) < 2:
+        raise ValueError(f"need two or more steps and as many errors, got shapes {h.shape} and {e.shape}")
+    for name, values in (("steps", h), ("errors", e)):
+        if not np.all(np.isfinite(values) & (values > 0)):
+            raise ValueError(f"{name} must be positive and finite to take logarithms, got {values.tolist()}")
+    if np.ptp(np.log(h)) == 0:
+        raise ValueError("the steps must not all be equal")
+    return float(np.polyfit(np.log(h), np.log(e), 1)[0])

@@ -202,6 +202,115 @@ def test_notebook_ends_with_its_bibliography(path: Path) -> None:
     )
 
 
+# Notebooks still to be rewritten to the house style of issue 8 (glue, asserts, captions, sphinx-exercise,
+# 88 columns). Each leaves this file when it complies; the file and this mechanism go once it is empty.
+PENDING = set((REPO / "tests" / "pending_rewrite.txt").read_text(encoding="utf-8").split())
+STYLED = [p for p in NOTEBOOKS if p.relative_to(REPO).as_posix() not in PENDING]
+STYLED_IDS = [p.relative_to(REPO).as_posix() for p in STYLED]
+MAX_CODE_LINE = 88  # characters: what the book's code box shows without a scroll bar
+DIRECTIVE = re.compile(r"^(`{3,}|:{3,})\{([\w-]+)\}[ \t]*(.*)$", re.M)
+
+
+def directives(text: str) -> list[tuple[str, str, str]]:
+    """(name, argument, body) of every MyST directive in a markdown cell (fences of ``` or :::)."""
+    found = []
+    for match in DIRECTIVE.finditer(text):
+        fence, name, argument = match.groups()
+        end = text.find("\n" + fence, match.end())
+        found.append((name, argument.strip(), text[match.end() : end if end >= 0 else len(text)]))
+    return found
+
+
+@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+def test_notebook_code_lines_fit_the_page(path: Path) -> None:
+    long = [
+        f"cell {i}: {len(line)} characters: {line[:60]}..."
+        for i, cell in enumerate(load_notebook(path)["cells"])
+        if cell["cell_type"] == "code"
+        for line in cell_source(cell).splitlines()
+        if len(line) > MAX_CODE_LINE
+    ]
+    assert not long, f"{path.name}: code lines over {MAX_CODE_LINE} characters:\n" + "\n".join(long)
+
+
+@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+def test_notebook_exercises_are_each_followed_by_a_folded_solution(path: Path) -> None:
+    """sphinx-exercise layout (CONTRIBUTING.md): exercise, then its dropdown solution; every code cell after
+    `## Exercises` sits between `solution-start` and `solution-end`, so its output folds with it."""
+    cells = load_notebook(path)["cells"]
+    starts = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "## Exercises" in cell_source(c)]
+    assert len(starts) == 1, f"{path.name}: needs exactly one '## Exercises' section"
+    open_exercise, open_solution, exercises = None, None, []
+    for i, cell in enumerate(cells[starts[0] :], start=starts[0]):
+        if cell["cell_type"] == "code":
+            assert open_solution, f"{path.name}: code cell {i} after '## Exercises' is outside a solution"
+            continue
+        text = cell_source(cell)
+        assert "{admonition} Solution" not in text, f"{path.name}: cell {i} uses the old admonition solutions"
+        for name, argument, body in directives(text):
+            if name == "exercise":
+                assert open_exercise is None and not open_solution, (
+                    f"{path.name}: cell {i}: exercise {argument!r} starts before the previous one has its solution"
+                )
+                label = re.search(r"^:label:\s*(\S+)", body, re.M)
+                assert label, f"{path.name}: cell {i}: exercise {argument!r} has no :label:"
+                open_exercise = label.group(1)
+                exercises.append(open_exercise)
+            elif name in ("solution", "solution-start"):
+                assert argument == open_exercise, (
+                    f"{path.name}: cell {i}: solution to {argument!r} does not follow its exercise ({open_exercise!r})"
+                )
+                assert re.search(r"^:class:.*\bdropdown\b", body, re.M), f"{path.name}: solution {argument} not folded"
+                open_exercise, open_solution = None, name == "solution-start"
+            elif name == "solution-end":
+                assert open_solution, f"{path.name}: cell {i}: solution-end without solution-start"
+                open_solution = False
+    assert exercises, f"{path.name}: the exercises section has no {{exercise}}"
+    assert open_exercise is None and not open_solution, f"{path.name}: the last exercise or solution is not closed"
+    labels = [e for e in exercises if not e.startswith("ex-")]
+    assert not labels, f"{path.name}: exercise labels must start with 'ex-': {labels}"
+
+
+def figure_cells(nb: dict) -> list[tuple[int, dict]]:
+    return [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "plt.show()" in cell_source(c)]
+
+
+@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+def test_notebook_figures_are_captioned_named_and_described(path: Path) -> None:
+    for i, cell in figure_cells(load_notebook(path)):
+        assert cell_source(cell).count("plt.show()") == 1, f"{path.name}: cell {i} shows more than one figure"
+        meta = cell.get("metadata", {}).get("mystnb", {})
+        figure, image = meta.get("figure", {}), meta.get("image", {})
+        assert figure.get("caption", "").strip(), f"{path.name}: figure cell {i} has no mystnb.figure.caption"
+        assert str(figure.get("name", "")).startswith("fig-"), f"{path.name}: figure cell {i} needs a 'fig-...' name"
+        assert len(image.get("alt", "").split()) >= 4, f"{path.name}: figure cell {i} needs alt text (mystnb.image.alt)"
+
+
+def test_figure_and_exercise_labels_are_unique_in_the_book() -> None:
+    seen: dict[str, str] = {}
+    for path in STYLED:
+        nb = load_notebook(path)
+        labels = [c["metadata"]["mystnb"]["figure"]["name"] for _, c in figure_cells(nb) if "mystnb" in c["metadata"]]
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown":
+                labels += re.findall(r"^:label:\s*(\S+)", cell_source(cell), re.M)
+        for label in labels:
+            assert label not in seen, f"label {label!r} is used in {seen[label]} and in {path.name}"
+            seen[label] = path.name
+
+
+@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+def test_notebook_glues_its_numbers_and_asserts_its_claims(path: Path) -> None:
+    """The prose takes its numbers from glue and its claims are asserted (CONTRIBUTING.md); a page that has
+    neither has not been written that way."""
+    nb = load_notebook(path)
+    code = "\n".join(cell_source(c) for c in code_cells(nb))
+    prose = "\n".join(cell_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    # (a key that no cell glues fails the book build, which runs with -W)
+    assert re.search(r"\{glue(?::\w+)?\}`", prose), f"{path.name}: the prose inserts no glued number"
+    assert re.search(r"^\s*assert\b", code, re.M), f"{path.name}: no cell asserts a claim"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
 def test_notebook_is_in_the_table_of_contents(path: Path) -> None:
     listed = {strip_suffix(f) for f in toc_files(load_yaml("_toc.yml"))}

@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from dedl.solvers import odeint
-from dedl.utils import SCALES, NFECounter, get_device, get_scale, parameter_count, scaled, seed_everything
+from dedl.utils import (
+    SCALES,
+    NFECounter,
+    fitted_order,
+    get_device,
+    get_scale,
+    parameter_count,
+    scaled,
+    seed_everything,
+)
 
 # --------------------------------------------------------------------------------------------------
 # get_device
@@ -167,3 +176,26 @@ def test_parameter_count_counts_trainable_parameters_only():
     assert parameter_count(model) == 3 * 4 + 4 + 4 * 2 + 2
     model[1].requires_grad_(False)
     assert parameter_count(model) == 3 * 4 + 4
+
+
+@pytest.mark.parametrize("order", [0.5, 1.0, 4.0])
+def test_fitted_order_recovers_the_power_of_a_power_law(order):
+    hs = np.array([0.1, 0.05, 0.025, 0.0125])
+    assert fitted_order(hs, 3.0 * hs**order) == pytest.approx(order)
+
+
+def test_fitted_order_is_the_least_squares_slope_of_noisy_errors():
+    hs = np.array([0.1, 0.05, 0.025])
+    errors = hs**2 * np.array([1.0, 1.2, 1.0])
+    assert fitted_order(hs, errors) == pytest.approx(np.polyfit(np.log(hs), np.log(errors), 1)[0])
+    assert 1.5 < fitted_order(hs, errors) < 2.5
+
+
+@pytest.mark.parametrize(
+    "steps, errors",
+    [([0.1], [1e-2]), ([0.1, 0.05], [1e-2]), ([0.1, 0.05], [1e-2, 0.0]), ([0.1, -0.05], [1e-2, 1e-3]),
+     ([0.1, 0.05], [1e-2, float("nan")]), ([0.1, 0.1], [1e-2, 1e-3])],
+)
+def test_fitted_order_rejects_what_has_no_logarithmic_slope(steps, errors):
+    with pytest.raises(ValueError):
+        fitted_order(steps, errors)
