@@ -533,3 +533,59 @@ def test_collection_skips_build_outputs_and_the_virtual_environment() -> None:
     for folder in (".venv", "_build"):
         assert folder in options["norecursedirs"], f"pytest would collect {folder}"
     assert options["testpaths"] == ["tests", "chapters"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# GitHub Actions: the book is tested and published on every push to main, pull requests are tested
+# --------------------------------------------------------------------------------------------------------
+
+WORKFLOWS = REPO / ".github" / "workflows"
+
+
+def workflow_commands(name: str) -> list[str]:
+    workflow = load_yaml(f".github/workflows/{name}")
+    return [step["run"].strip() for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+
+
+def test_workflows_are_valid_github_actions_workflows() -> None:
+    """Linted offline against the workflow schema that check-jsonschema ships (no download)."""
+    import shutil
+    import subprocess
+    import sys
+
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    checker = str(checker) if checker.exists() else shutil.which("check-jsonschema")
+    assert checker, "check-jsonschema is a test dependency (pyproject.toml [test])"
+    files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
+    assert len(files) == 2, files
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.github-workflows", *files], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_push_to_main_runs_the_two_commands_and_deploys_pages() -> None:
+    workflow = load_yaml(".github/workflows/book.yml")
+    triggers = workflow[True] if True in workflow else workflow["on"]  # YAML 1.1 reads `on` as True
+    assert triggers["push"]["branches"] == ["main"]
+    assert workflow_commands("book.yml") == ["make test", "make book"], "the README's two commands, in order"
+    uses = [step.get("uses", "") for job in workflow["jobs"].values() for step in job["steps"]]
+    assert any(u.startswith("actions/upload-pages-artifact@") for u in uses)
+    assert any(u.startswith("actions/deploy-pages@") for u in uses)
+    build_steps = workflow["jobs"]["build"]["steps"]
+    assert any(s.get("with", {}).get("path") == "_build/html" for s in build_steps), "publishes _build/html"
+    cached = {s["with"]["path"] for s in build_steps if s.get("uses", "").startswith("actions/cache@")}
+    assert cached == {".venv", "_build/.jupyter_cache"}
+
+
+def test_pull_requests_run_the_test_command() -> None:
+    workflow = load_yaml(".github/workflows/tests.yml")
+    triggers = workflow[True] if True in workflow else workflow["on"]
+    assert "pull_request" in triggers
+    assert workflow_commands("tests.yml") == ["make test"]
+
+
+def test_workflows_do_not_repeat_the_repository_url() -> None:
+    """The repository URL lives in _config.yml alone."""
+    for path in WORKFLOWS.glob("*.yml"):
+        assert "dedl-book/dedl" not in read(path), f"{path.name} names the repository; use _config.yml"
