@@ -331,6 +331,13 @@ def test_book_has_intro_parts_and_api_reference(built_book: dict) -> None:
     api = (site / "book" / "api.html").read_text(encoding="utf-8")
     for name in ("dedl.utils.get_device", "dedl.train.fit", "dedl.data.two_moons"):
         assert f'id="{name}"' in api, f"the API reference lacks {name}"
+    assert 'id="fig-intro-map"' in intro and "map.svg" in intro, "the landing page maps the book in a figure"
+    assert (site / "_static" / "dedl.css").is_file(), "the book's style sheet (one search box) is missing"
+    bibliography = (site / "book" / "bibliography.html").read_text(encoding="utf-8")
+    labels = re.findall(r'<span class="fn-bracket">\[</span>([^<]+)', bibliography)
+    assert "Chen et al., 2018" in labels, "reference lists are labelled author-year, as the text cites"
+    alpha = [label for label in labels if not re.search(r", \d{4}[a-z]?$", label)]
+    assert not alpha, f"labels that are not author-year: {alpha[:5]}"
     assert (site / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
     assert list((site / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
 
