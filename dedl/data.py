@@ -109,6 +109,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, Ten
 # Trajectories of known dynamics, and irregularly sampled, partially observed series built from them
 # ----------------------------------------------------------------------------------------------------
 
+#: The dynamical systems that :func:`irregular_series` can sample.
 SYSTEMS = ("pendulum", "lotka_volterra", "spiral")
 
 

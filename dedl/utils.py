@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 T = TypeVar("T")
 
+#: The experiment scales that ``DEDL_SCALE`` may name (see :func:`get_scale`).
 SCALES = ("ci", "full")
 
 

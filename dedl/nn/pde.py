@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from dedl.nn.checks import positive_float, positive_int
 from dedl.nn.stable import LayerStack, LeapfrogBlock, Operator, SecondOrderBody, zero_bias
 
+#: The normalisations a PDE-CNN layer accepts: batch normalisation, or none.
 NORMALIZATIONS = ("batch", None)
 
 
