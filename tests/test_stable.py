@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -252,3 +254,35 @@ def test_bad_input_raises():
         reversible_sequence([], torch.zeros(1), torch.zeros(1))
     with pytest.raises(ValueError, match="input_shape"):
         Operator(2, 2).norm()
+
+
+def euler_amplification(matrix: torch.Tensor, h: float) -> float:
+    """max |1 + h λ| over the eigenvalues λ of the linearisation (σ' = 1) of a forward Euler step."""
+    return (1 + h * torch.linalg.eigvals(matrix)).abs().max().item()
+
+
+def least_stable_damping(h: float, omega: float) -> float:
+    """The smallest γ with h (γ² + ω²) ≤ 2γ (about h ω² / 2 when h ω is small)."""
+    return (1 - math.sqrt(1 - (h * omega) ** 2)) / h
+
+
+def test_antisymmetric_euler_step_is_stable_only_when_damping_beats_h_omega_squared():
+    """The docstrings' claim: γ > 0 alone does not make forward Euler stable; γ ≥ h ω_max² / 2 does."""
+    torch.manual_seed(0)
+    layer = AntisymmetricLayer(16, h=0.1, kind="linear").double()  # default γ = 0.01
+    A = layer.antisymmetric(torch.eye(16, dtype=torch.float64)).T
+    assert euler_amplification(A, layer.h) > 1  # the defaults amplify
+    omega = torch.linalg.eigvals(A).imag.abs().max().item()
+    assert least_stable_damping(layer.h, omega) == pytest.approx(layer.h * omega**2 / 2, rel=0.05)
+    layer.gamma = least_stable_damping(layer.h, omega) * 1.01
+    A = layer.antisymmetric(torch.eye(16, dtype=torch.float64)).T
+    assert euler_amplification(A, layer.h) <= 1
+
+
+def test_antisymmetric_rnn_default_step_amplifies_and_enough_damping_fixes_it():
+    torch.manual_seed(0)
+    rnn = AntisymmetricRNN(3, 16).double()
+    assert euler_amplification(rnn.recurrent_matrix().detach(), rnn.eps) > 1
+    omega = torch.linalg.eigvals(rnn.recurrent_matrix().detach()).imag.abs().max().item()
+    rnn.gamma = least_stable_damping(rnn.eps, omega) * 1.01
+    assert euler_amplification(rnn.recurrent_matrix().detach(), rnn.eps) <= 1

@@ -180,9 +180,12 @@ class AntisymmetricLayer(nn.Module):
 
     ``A + Aᵀ = −2γI``, so the Jacobian of the vector field, ``diag(σ') A``, has eigenvalues with real part in
     ``[−γ max σ', 0]``: zero for ``γ = 0`` (a purely oscillating linearisation) and slightly damped for
-    ``γ > 0``, which also keeps the forward Euler step inside its stability region. (Haber & Ruthotto write
-    ``½(W − Wᵀ − γI)``; the factor is absorbed into ``W`` and ``h``.) For convolutions ``Wᵀ`` is the
-    transposed convolution, so ``A`` is antisymmetric as an operator on images.
+    ``γ > 0``. Damping alone does not make the forward Euler step stable: on a mode ``λ = −γ + iω`` of ``A``
+    (``σ' = 1``) the step multiplies by ``|1 + hλ|``, at most 1 only when ``h (γ² + ω²) ≤ 2γ``, roughly
+    ``γ ≥ h ω_max² / 2``. At the defaults and a random ``W`` that fails and the amplification exceeds 1
+    (chapter 2.3 measures it). (Haber & Ruthotto write ``½(W − Wᵀ − γI)``; the factor is absorbed into ``W``
+    and ``h``.) For convolutions ``Wᵀ`` is the transposed convolution, so ``A`` is antisymmetric as an
+    operator on images.
     """
 
     def __init__(
@@ -722,8 +725,10 @@ class AntisymmetricRNN(nn.Module):
     ``h_t = h_{t−1} + ε z_t ⊙ σ((W − Wᵀ − γI) h_{t−1} + V x_t + b)``.
 
     The antisymmetric recurrent matrix keeps the Jacobian's eigenvalues near the imaginary axis, so the
-    gradient ``∂L/∂h_t`` neither vanishes nor explodes over long sequences; the diffusion ``γ > 0`` keeps the
-    forward Euler step stable. Input ``(batch, time, input_size)``; returns ``(outputs, h_T)`` with
+    gradient ``∂L/∂h_t`` neither vanishes nor explodes over long sequences. The diffusion ``γ > 0`` damps the
+    modes ``λ = −γ + iω`` of the recurrent matrix, but the forward Euler step ``|1 + ελ| ≤ 1`` needs
+    ``ε (γ² + ω²) ≤ 2γ``, roughly ``γ ≥ ε ω_max² / 2``: at the defaults and a random ``W`` the step amplifies
+    slightly (see :class:`AntisymmetricLayer`). Input ``(batch, time, input_size)``; returns ``(outputs, h_T)`` with
     ``outputs`` of shape ``(batch, time, hidden_size)``, like ``nn.RNN(batch_first=True)``.
 
     Parameter count: ``hidden_size² + input_size * hidden_size + hidden_size``, and
