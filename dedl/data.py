@@ -111,6 +111,12 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, Ten
 
 #: The dynamical systems that :func:`irregular_series` can sample.
 SYSTEMS = ("pendulum", "lotka_volterra", "spiral")
+#: The parameters of each system that :func:`irregular_series` passes on (any other name is an error).
+SYSTEM_PARAMS = {
+    "pendulum": ("omega", "damping"),
+    "lotka_volterra": ("alpha", "beta", "gamma", "delta"),
+    "spiral": ("a", "b"),
+}
 
 
 def _check_series_args(n: int, n_times: int, t_end: float, noise: float) -> None:
@@ -300,7 +306,7 @@ def irregular_series(
     (Sec. 4.1): ``n_times`` times are drawn uniformly at random in ``[0, t_end]`` and sorted (the union of all
     observation times of the batch); every series is the solution of ``system`` (``"pendulum"``:
     :func:`damped_pendulum`, ``"lotka_volterra"``: :func:`lotka_volterra`, ``"spiral"``:
-    :func:`spiral_trajectories`; ``params`` go to it) from its own random initial state; each entry is dropped
+    :func:`spiral_trajectories`; ``params`` go to it, and a name it does not take raises ``TypeError``) from its own random initial state; each entry is dropped
     independently with probability ``missing`` (``per_channel=False`` drops whole time points instead), so each
     series is seen at its own irregular subset of the times; and Gaussian ``noise`` of that standard deviation is
     added to the measurements. Seeded: the same arguments give the same data.
@@ -310,6 +316,12 @@ def irregular_series(
     if not 0 <= missing < 1:
         raise ValueError(f"missing must be in [0, 1), got {missing}")
     _check_series_args(n, n_times, t_end, noise)
+    unknown = sorted(set(params) - set(SYSTEM_PARAMS[system]))
+    if unknown:
+        raise TypeError(
+            f"irregular_series(system={system!r}) got unknown parameters {unknown}; "
+            f"{system!r} takes {', '.join(SYSTEM_PARAMS[system])}"
+        )
     g = _generator(seed)
     times = _series_times(n_times, t_end, True, g)
     if system == "pendulum":

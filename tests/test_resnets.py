@@ -18,7 +18,7 @@ from dedl.nn.resnets import (
     RKNet,
     survival_probabilities,
 )
-from dedl.solvers import odeint
+from dedl.solvers import DOPRI5, odeint
 
 WIDTH = 4
 
@@ -301,6 +301,8 @@ def test_bad_arguments(cls) -> None:
 def test_bad_scheme_specific_arguments() -> None:
     with pytest.raises(ValueError, match="scheme"):
         RKNet(WIDTH, 2, scheme="dopri5")  # adaptive: not a fixed block
+    with pytest.raises(ValueError, match="embedded pair"):
+        RKNet(WIDTH, 2, scheme=DOPRI5)  # the same tableau as an object
     with pytest.raises(ValueError, match="scheme"):
         RKNet(WIDTH, 2, scheme="rk7")
     with pytest.raises(ValueError, match="order"):

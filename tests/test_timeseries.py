@@ -315,3 +315,9 @@ def test_stock_prices():
     assert days.shape == close.shape and days[0] == 0 and (days[1:] > days[:-1]).all()
     gaps = days[1:] - days[:-1]
     assert gaps.min() == 1 and gaps.max() >= 3  # weekends: irregular sampling
+
+
+@pytest.mark.parametrize("system, typo", [("pendulum", "dampng"), ("lotka_volterra", "omega"), ("spiral", "alpha")])
+def test_irregular_series_rejects_parameters_its_system_does_not_take(system, typo):
+    with pytest.raises(TypeError, match=typo):
+        irregular_series(4, system=system, **{typo: 0.5})

@@ -355,6 +355,11 @@ class LMResNet(_SchemeBody):
 
 def _tableau(scheme: str | ButcherTableau) -> ButcherTableau:
     if isinstance(scheme, ButcherTableau):
+        if scheme.adaptive:
+            raise ValueError(
+                f"RK-Net takes a fixed-step tableau; {scheme.name!r} is an embedded pair for adaptive steps "
+                "(its error-estimate stage would never get a gradient)"
+            )
         return scheme
     if scheme not in TABLEAUX or TABLEAUX[scheme].adaptive:
         fixed = [name for name, tab in TABLEAUX.items() if not tab.adaptive]
@@ -368,7 +373,8 @@ class RKNet(_SchemeBody):
     ``K_i = f_{n,i}(x_n + h Σ_{j<i} a_ij K_j)``  (``i = 1, ..., s``),   ``x_{n+1} = x_n + h Σ_i b_i K_i``,
 
     with the Butcher tableau ``(a, b)`` of ``scheme``: ``"midpoint"`` or ``"heun"`` (order 2), ``"rk4"`` (the
-    classical method, order 4), ``"euler"``, ``"rk4_38"``, or any explicit :class:`~dedl.solvers.ButcherTableau`.
+    classical method, order 4), ``"euler"``, ``"rk4_38"``, or any explicit fixed-step
+    :class:`~dedl.solvers.ButcherTableau` (an embedded pair such as ``DOPRI5`` is refused, like ``"dopri5"``).
 
     Zhu et al. give every stage its own convolutional subnetwork (the stages sample a time-dependent
     ``f(t_n + c_i h, ·)``) and let the network learn the stage coefficients; ``shared_stages=False``
