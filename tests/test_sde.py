@@ -145,6 +145,40 @@ def test_milstein_scalar_noise_non_symmetric_jacobian(grad_free):
     assert abs(slope(STEPS, errors) - 1.0) <= 0.15
 
 
+class StateFreeNoise:
+    """dX = -X dt + g(t) dW with a diffusion that does not depend on the state: 0.5, or 0.5 + t (time only)."""
+
+    def __init__(self, noise_type: str, sde_type: str, time_dependent: bool):
+        self.noise_type, self.sde_type, self.time_dependent = noise_type, sde_type, time_dependent
+
+    def f(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        g = (0.5 + t) * torch.ones_like(y) if self.time_dependent else torch.full_like(y, 0.5)
+        return g if self.noise_type == "diagonal" else g.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("time_dependent", [False, True])
+@pytest.mark.parametrize("sde_type", ["ito", "stratonovich"])
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar"])
+def test_milstein_with_a_state_free_diffusion(noise_type, sde_type, time_dependent):
+    """(dg/dy) g = 0, so the autograd Milstein step is the derivative-free one, and both are y + f h + g dW."""
+    sde, batch = StateFreeNoise(noise_type, sde_type, time_dependent), 16
+    m = 2 if noise_type == "diagonal" else 1
+    bm = BrownianPath(0.0, 1.0, (batch, m), levels=5, seed=6, dtype=DTYPE)
+    y0 = torch.ones(batch, 2, dtype=DTYPE)
+    autograd = sdeint(sde, y0, [0.0, 0.5, 1.0], method="milstein", dt=2**-5, bm=bm)
+    grad_free = sdeint(sde, y0, [0.0, 0.5, 1.0], method="milstein", dt=2**-5, bm=bm, options={"grad_free": True})
+    torch.testing.assert_close(autograd, grad_free, rtol=0, atol=1e-14)
+    y, t = y0, torch.tensor(0.0, dtype=DTYPE)
+    for _ in range(32):  # y + f h + g dW by hand
+        g = sde.g(t, y) if noise_type == "diagonal" else sde.g(t, y).squeeze(-1)
+        y = y + sde.f(t, y) * 2**-5 + g * bm(t, t + 2**-5)
+        t = t + 2**-5
+    torch.testing.assert_close(autograd[-1], y, rtol=0, atol=1e-13)
+
+
 def test_euler_maruyama_weak_order_one_on_gbm():
     """Weak error |E[Y_N] - E[X_T]| with E[X_T] = X_0 e^{mu T}.
 
@@ -537,6 +571,17 @@ def test_bm_of_another_dtype():
     with pytest.raises(ValueError, match="bm has dtype torch.float32 but y0 has dtype torch.float64"):
         bm = BrownianPath(0.0, 1.0, (4, 2), levels=3, dtype=torch.float32)
         sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, bm=bm)
+
+
+def test_bm_on_another_device():
+    class MetaBrownian:
+        shape, dtype, device = (4, 2), DTYPE, torch.device("meta")
+
+        def __call__(self, ta, tb):
+            return torch.zeros(4, 2, dtype=DTYPE)
+
+    with pytest.raises(ValueError, match="bm is on device meta but y0 is on cpu"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, bm=MetaBrownian())
 
 
 def test_additive_noise_milstein_is_euler_maruyama():

@@ -72,6 +72,11 @@ def _as_float(x: Any) -> float:
     return float(x.item()) if isinstance(x, Tensor) else float(x)
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same; a device without an index (``"cuda"``) matches any index of its type."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def _time_tolerance(dtype: torch.dtype, scale: float) -> float:
     """How far two times may differ and still be 'the same time' when they were stored in ``dtype``."""
     return 8.0 * torch.finfo(dtype).eps * max(1.0, scale)
@@ -295,12 +300,15 @@ def _g_dg(sde: Any, t0: Tensor, y: Tensor, noise_type: str, create_graph: bool) 
 
     Diagonal noise: :math:`g_i\\,\\partial g_i / \\partial y_i` (one vector-Jacobian product, exact because
     :math:`g_i` depends on :math:`y_i` only). Scalar noise: the Jacobian-vector product :math:`J_g\\, g` via the
-    double-vjp trick (two backward passes).
+    double-vjp trick (two backward passes). A diffusion that does not depend on ``y`` (constant, or a function
+    of ``t`` alone) has :math:`L^1 g = 0`.
     """
     with torch.enable_grad():
         yy = y if y.requires_grad else y.detach().requires_grad_(True)
         g = sde.g(t0, yy)
-        if noise_type == "diagonal":
+        if not g.requires_grad:  # no graph back to y: g does not depend on the state
+            dg = None
+        elif noise_type == "diagonal":
             (dg,) = torch.autograd.grad(g, yy, g, create_graph=create_graph, allow_unused=True)
         else:  # scalar
             gs = g.squeeze(-1)
@@ -618,6 +626,12 @@ def sdeint(
         if isinstance(bm_dtype, torch.dtype) and bm_dtype != y0.dtype:
             raise ValueError(
                 f"bm has dtype {bm_dtype} but y0 has dtype {y0.dtype}; build the Brownian motion with dtype={y0.dtype}"
+            )
+        bm_device = getattr(bm, "device", None)
+        if bm_device is not None and not _same_device(torch.device(bm_device), y0.device):
+            raise ValueError(
+                f"bm is on device {bm_device} but y0 is on {y0.device}; build the Brownian motion with "
+                f"device={y0.device}"
             )
     increments: Iterator[Tensor]
     if bm is None:
