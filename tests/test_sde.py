@@ -563,7 +563,7 @@ def test_sde_without_diffusion():
         def f(self, t, y):
             return y
 
-    with pytest.raises(TypeError, match=r"method g\(t, y\)"):
+    with pytest.raises(TypeError, match=r"no diffusion: define a method g\(t, y\)"):
         sdeint(DriftOnly(), Y0, [0.0, 1.0], dt=0.1)
 
 
@@ -604,3 +604,237 @@ def test_torchsde_backend_with_a_seed_is_reproducible():
     a = sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, seed=5, backend="torchsde")
     b = sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, seed=5, backend="torchsde")
     assert a.shape == (2, 4, 2) and torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torchsde's call: signature, names, fast paths, logqp, extra
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_signature_is_torchsdes_in_torchsdes_order():
+    import inspect
+
+    ours = list(inspect.signature(sdeint).parameters.values())
+    theirs = [p for p in inspect.signature(torchsde.sdeint).parameters.values() if p.kind != p.VAR_KEYWORD]
+    assert [(p.name, p.default) for p in ours[: len(theirs)]] == [(p.name, p.default) for p in theirs]
+    assert ours[len(theirs)].name == "backend" and all(p.kind == p.KEYWORD_ONLY for p in ours[len(theirs) + 1 :])
+
+
+def test_called_positionally_and_by_keyword_as_torchsdes_docs_write_it():
+    sde, batch = NonlinearDiagonal(), 8
+    bm = BrownianPath(0.0, 1.0, (batch, 2), levels=6, seed=3, dtype=DTYPE)
+    y0, ts = torch.ones(batch, 2, dtype=DTYPE), torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+    theirs = torchsde.sdeint(sde, y0, ts, bm, "euler", 2**-6)
+    torch.testing.assert_close(sdeint(sde, y0, ts, bm, "euler", 2**-6), theirs, rtol=1e-12, atol=1e-12)
+    by_keyword = sdeint(sde=sde, y0=y0, ts=ts, bm=bm, method="euler", dt=2**-6)
+    torch.testing.assert_close(by_keyword, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_default_methods():
+    """Itô: euler (a difference from torchsde, stated in the docstring); Stratonovich: midpoint, as torchsde."""
+    y0, bm = Y0, BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=0, dtype=DTYPE)
+    for sde_type, method in [("ito", "euler"), ("stratonovich", "midpoint")]:
+        sde = NonlinearDiagonal(sde_type)
+        expected = sdeint(sde, y0, [0.0, 1.0], bm, method, 2**-5)
+        torch.testing.assert_close(sdeint(sde, y0, [0.0, 1.0], bm, dt=2**-5), expected, rtol=0, atol=0)
+
+
+def test_torchsde_backend_hands_over_the_call_unresolved():
+    """method=None goes to torchsde as None, so torchsde picks its own default (srk for this Itô SDE)."""
+    sde, batch = NonlinearDiagonal(), 8
+    y0, ts = torch.ones(batch, 2, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE)
+
+    def interval():
+        return torchsde.BrownianInterval(
+            0.0, 1.0, size=(batch, 2), dtype=DTYPE, entropy=4, levy_area_approximation="space-time"
+        )
+
+    ours = sdeint(sde, y0, ts, interval(), dt=2**-5, backend="torchsde")
+    torch.testing.assert_close(ours, torchsde.sdeint(sde, y0, ts, interval(), dt=2**-5), rtol=0, atol=0)
+    srk = torchsde.sdeint(sde, y0, ts, interval(), method="srk", dt=2**-5)
+    torch.testing.assert_close(ours, srk, rtol=0, atol=0)
+
+
+class Renamed:
+    """NonlinearDiagonal with its drift and diffusion under other names, and a prior drift."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def drift(self, t, y):
+        return NonlinearDiagonal().f(t, y)
+
+    def diffusion(self, t, y):
+        return NonlinearDiagonal().g(t, y)
+
+    def prior(self, t, y):
+        return -y
+
+
+def test_names_rename_drift_and_diffusion():
+    bm = BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=0, dtype=DTYPE)
+    names = {"drift": "drift", "diffusion": "diffusion"}
+    expected = sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], bm, "milstein", 2**-5)
+    ours = sdeint(Renamed(), Y0, [0.0, 1.0], bm, "milstein", 2**-5, names=names)
+    theirs = torchsde.sdeint(Renamed(), Y0, torch.tensor([0.0, 1.0], dtype=DTYPE), bm, "milstein", 2**-5, names=names)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_names_drift_skips_a_fast_path_that_would_compute_the_other_drift():
+    """names={"drift": "h"} samples the prior of a latent SDE; its f_and_g computes the posterior drift."""
+
+    class Latent(Renamed):
+        f, g, h = Renamed.drift, Renamed.diffusion, Renamed.prior
+
+        def f_and_g(self, t, y):
+            return self.f(t, y), self.g(t, y)
+
+    class Prior(Renamed):
+        f, g = Renamed.prior, Renamed.diffusion
+
+    bm = BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=0, dtype=DTYPE)
+    prior = sdeint(Latent(), Y0, [0.0, 1.0], bm, "euler", 2**-5, names={"drift": "h"})
+    torch.testing.assert_close(prior, sdeint(Prior(), Y0, [0.0, 1.0], bm, "euler", 2**-5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "names,error,match",
+    [
+        ({"drfit": "f"}, ValueError, "unknown names keys"),
+        ({"drift": "nope"}, ValueError, "has no method 'nope'"),
+        ({"drift": 3}, TypeError, "must be the name of a method"),
+    ],
+)
+def test_bad_names(names, error, match):
+    with pytest.raises(error, match=match):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, names=names)
+
+
+class Counting:
+    """General-noise SDE that defines only the fast path(s) it is built with, and counts their calls."""
+
+    noise_type, sde_type = "general", "stratonovich"
+    base = GeneralNoise("stratonovich")
+
+    def __init__(self, *paths):
+        self.calls = dict.fromkeys(paths, 0)
+        for path in paths:
+            setattr(self, path, self._counted(path))
+
+    def _counted(self, path):
+        def fast(t, y, *v):
+            self.calls[path] += 1
+            f, g = self.base.f(t, y), self.base.g(t, y)
+            gv = (g @ v[0].unsqueeze(-1)).squeeze(-1) if v else g
+            return {"f": f, "g": g, "f_and_g": (f, g), "g_prod": gv, "f_and_g_prod": (f, gv)}[path]
+
+        return fast
+
+
+@pytest.mark.parametrize("paths", [("f_and_g",), ("f", "g_prod"), ("f_and_g_prod",)])
+def test_fast_paths_are_used_when_defined(paths):
+    batch, dt = 4, 2**-4
+    bm = BrownianPath(0.0, 1.0, (batch, 3), levels=4, seed=0, dtype=DTYPE)
+    y0 = torch.ones(batch, 2, dtype=DTYPE)
+    expected = sdeint(GeneralNoise("stratonovich"), y0, [0.0, 1.0], bm, "heun", dt)
+    sde = Counting(*paths)
+    torch.testing.assert_close(sdeint(sde, y0, [0.0, 1.0], bm, "heun", dt), expected, rtol=0, atol=1e-15)
+    assert all(n >= 2 * 16 for n in sde.calls.values()), sde.calls  # two evaluations a step, through the fast path
+    theirs = torchsde.sdeint(Counting(*paths), y0, torch.tensor([0.0, 1.0], dtype=DTYPE), bm, "heun", dt)
+    torch.testing.assert_close(theirs, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_milstein_without_g_is_refused():
+    class ProdOnly:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g_prod(self, t, y, v):
+            return 0.5 * v
+
+    with pytest.raises(TypeError, match="'milstein' needs the drift f and the diffusion g"):
+        sdeint(ProdOnly(), Y0, [0.0, 1.0], method="milstein", dt=0.1)
+    assert sdeint(ProdOnly(), Y0, [0.0, 1.0], method="euler", dt=0.1, seed=0).shape == (2, 4, 2)
+
+
+class LatentOU:
+    """Posterior dX = (c - X) dt + s dW and prior dX = -X dt + s dW: u = (f - h)/g = c/s, a constant."""
+
+    sde_type = "ito"
+
+    def __init__(self, noise_type="diagonal", c=0.6, s=0.4):
+        self.noise_type, self.c, self.s = noise_type, c, s
+
+    def f(self, t, y):
+        return self.c - y
+
+    def h(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        g = self.s * torch.ones_like(y)
+        return g if self.noise_type == "diagonal" else g.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar"])
+@pytest.mark.parametrize("method", ["euler", "milstein"])
+def test_logqp_is_the_girsanov_log_ratio(noise_type, method):
+    """Constant u: the log-ratio over [a, b] is |u|^2 (b - a) / 2 on every path, for every method."""
+    sde, batch, ts = LatentOU(noise_type), 6, [0.0, 0.3, 1.0]
+    ys, log_ratio = sdeint(sde, Y0.repeat(2, 1)[:batch], ts, method=method, dt=0.05, seed=0, logqp=True)
+    assert ys.shape == (3, batch, 2) and log_ratio.shape == (2, batch)
+    u2 = 2 * (sde.c / sde.s) ** 2 if noise_type == "diagonal" else 2 * sde.c**2 / (2 * sde.s**2)
+    expected = torch.tensor([0.3, 0.7], dtype=DTYPE)[:, None].expand(2, batch) * 0.5 * u2
+    torch.testing.assert_close(log_ratio, expected, rtol=1e-12, atol=1e-12)
+    # the state is the one solved without logqp, on the same increments
+    torch.testing.assert_close(ys, sdeint(sde, Y0.repeat(2, 1)[:batch], ts, method=method, dt=0.05, seed=0))
+
+
+@pytest.mark.parametrize(
+    "sde_type,noise_type,method",
+    [
+        ("ito", "diagonal", "euler"),
+        ("ito", "diagonal", "milstein"),
+        ("stratonovich", "diagonal", "midpoint"),
+        ("stratonovich", "diagonal", "heun"),
+        ("ito", "general", "euler"),
+    ],
+)
+def test_logqp_agrees_with_torchsde(sde_type, noise_type, method):
+    class Latent(NonlinearDiagonal if noise_type == "diagonal" else GeneralNoise):
+        def h(self, t, y):
+            return -0.5 * y
+
+    sde, batch = Latent(sde_type), 8
+    m = 2 if noise_type == "diagonal" else 3
+    y0, ts = torch.ones(batch, 2, dtype=DTYPE) * 0.3, torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+    # torchsde needs one Brownian motion more for diagonal noise (it multiplies the log-ratio's zero diffusion)
+    bm = BrownianPath(0.0, 1.0, (batch, m + (noise_type == "diagonal")), levels=6, seed=2, dtype=DTYPE)
+    theirs = torchsde.sdeint(sde, y0, ts, bm, method, 2**-6, logqp=True)
+    for ours in (
+        sdeint(sde, y0, ts, bm, method, 2**-6, logqp=True),
+        sdeint(sde, y0, ts, lambda a, b: bm(a, b)[:, :m], method, 2**-6, logqp=True),  # the SDE's own bm shape
+    ):
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_logqp_needs_a_prior_drift():
+    with pytest.raises(TypeError, match="prior drift h"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, logqp=True)
+
+
+def test_extra_returns_the_solver_state_last():
+    ys, state = sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, seed=0, extra=True)
+    assert ys.shape == (2, 4, 2) and state == ()
+    ys, log_ratio, state = sdeint(LatentOU(), Y0, [0.0, 1.0], dt=0.1, seed=0, logqp=True, extra=True)
+    assert log_ratio.shape == (1, 4) and state == ()
+    with pytest.raises(ValueError, match="keeps no solver state"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, extra_solver_state=(Y0,))
+
+
+def test_adaptive_is_refused_clearly():
+    with pytest.raises(NotImplementedError, match="fixed dt only"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, adaptive=True)

@@ -2,7 +2,7 @@
 
 ``odeint(func, y0, t, method=..., rtol=..., atol=..., options=..., backend="dedl" | "torchdiffeq")``
 mirrors :func:`torchdiffeq.odeint`; ``odeint_adjoint`` computes gradients with the adjoint ODE.
-``sdeint(sde, y0, t, method=..., dt=..., bm=..., backend="dedl" | "torchsde")`` mirrors :func:`torchsde.sdeint`
+``sdeint(sde, y0, ts, bm=..., method=..., dt=..., backend="dedl" | "torchsde")`` mirrors :func:`torchsde.sdeint`
 (Euler-Maruyama, Milstein, stochastic Heun and midpoint); ``BrownianPath`` is one reusable Brownian sample path.
 """
 

@@ -11,8 +11,9 @@ An SDE in the torchsde convention is an object ``sde`` with
 and it stands for :math:`dY_t = f(t, Y_t)\\,dt + g(t, Y_t)\\,dW_t`, read in the Itô or the Stratonovich sense,
 where :math:`W` is an ``m``-dimensional Brownian motion (``m = d`` for diagonal noise, ``m = 1`` for scalar noise).
 
-:func:`sdeint` mirrors ``torchsde.sdeint`` {cite}`li2020scalable` (same arguments, same shapes, and
-``backend="torchsde"`` hands the call over), with four fixed-step methods from {cite}`kloeden1992numerical`:
+:func:`sdeint` mirrors ``torchsde.sdeint`` {cite}`li2020scalable` (torchsde's arguments and shapes, with the
+differences listed first in its docstring; ``backend="torchsde"`` hands the call over), with four fixed-step methods
+from {cite}`kloeden1992numerical`:
 
 * ``euler`` (Euler-Maruyama): Itô; every noise type; strong order 1/2 (1 for additive noise), weak order 1.
 * ``milstein``: Itô or Stratonovich; diagonal, scalar, additive noise; strong order 1, weak order 1.
@@ -273,7 +274,7 @@ class BrownianPath:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# One step of each method
+# The terms of an SDE: drift, diffusion and their fast paths
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -286,13 +287,134 @@ def _prod(noise_type: str) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda g, dw: torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
 
 
+#: torchsde's ``names=`` keys and the method name each one replaces.
+NAMES = {
+    "drift": "f",
+    "diffusion": "g",
+    "prior_drift": "h",
+    "drift_and_diffusion": "f_and_g",
+    "drift_and_diffusion_prod": "f_and_g_prod",
+}
+
+
+class _Terms:
+    """The drift and diffusion of an SDE, resolved once from whichever of torchsde's methods it defines.
+
+    ``f``, ``g`` and ``h`` (the prior drift of :func:`sdeint`'s ``logqp``) and the fast paths ``f_and_g(t, y)``,
+    ``g_prod(t, y, v)`` = :math:`g\\,v` and ``f_and_g_prod(t, y, v)``: a solver calls the one it needs and gets the
+    SDE's own method when it has one, else one built from the others (``f_and_g_prod`` from ``f`` and ``g_prod``,
+    or from ``f_and_g``, or from ``f`` and ``g``). What cannot be built is None.
+    """
+
+    def __init__(
+        self,
+        noise_type: str,
+        f: Callable[..., Tensor] | None = None,
+        g: Callable[..., Tensor] | None = None,
+        h: Callable[..., Tensor] | None = None,
+        f_and_g: Callable[..., tuple[Tensor, Tensor]] | None = None,
+        g_prod: Callable[..., Tensor] | None = None,
+        f_and_g_prod: Callable[..., tuple[Tensor, Tensor]] | None = None,
+    ):
+        self.noise_type, self.prod, self.h = noise_type, _prod(noise_type), h
+        if f_and_g is not None:
+            f = f if f is not None else lambda t, y: f_and_g(t, y)[0]
+            g = g if g is not None else lambda t, y: f_and_g(t, y)[1]
+        elif f is not None and g is not None:
+            f_and_g = lambda t, y: (f(t, y), g(t, y))  # noqa: E731
+        if f_and_g_prod is None:
+            if f is not None and g_prod is not None:
+                f_and_g_prod = lambda t, y, v: (f(t, y), g_prod(t, y, v))  # noqa: E731
+            elif f_and_g is not None:
+                f_and_g_prod = lambda t, y, v: self._times(*f_and_g(t, y), v)  # noqa: E731
+        if g_prod is None and g is not None:
+            g_prod = lambda t, y, v: self.prod(g(t, y), v)  # noqa: E731
+        self.f, self.g, self.f_and_g, self.g_prod, self.f_and_g_prod = f, g, f_and_g, g_prod, f_and_g_prod
+
+    def _times(self, f: Tensor, g: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return f, self.prod(g, v)
+
+    @classmethod
+    def of(cls, sde: Any, noise_type: str, names: dict[str, str] | None = None) -> _Terms:
+        """The terms of ``sde`` under torchsde's ``names``. A combined fast path (``f_and_g``, ``f_and_g_prod``,
+        ``g_prod``) is skipped when ``names`` renames a part of it but not the path itself: it would compute the
+        other drift (e.g. ``names={"drift": "h"}`` to sample the prior of a latent SDE that defines ``f_and_g``)."""
+        names = dict(names or {})
+        unknown = set(names) - set(NAMES)
+        if unknown:
+            raise ValueError(f"unknown names keys {sorted(unknown)}; torchsde's keys are {tuple(NAMES)}")
+        for key, value in names.items():
+            if not isinstance(value, str):
+                raise TypeError(f"names[{key!r}] must be the name of a method of sde, got {type(value).__name__}")
+            if not callable(getattr(sde, value, None)):
+                raise ValueError(f"names[{key!r}] = {value!r}, but {type(sde).__name__} has no method {value!r}")
+        renamed = {NAMES[k] for k in names}
+        parts = {"f_and_g": {"f", "g"}, "g_prod": {"g"}, "f_and_g_prod": {"f", "g"}}
+        methods = {}
+        for key, attr in [*NAMES.items(), ("diffusion_prod", "g_prod")]:
+            if attr in parts and attr not in renamed and parts[attr] & renamed:
+                continue
+            method = getattr(sde, names.get(key, attr), None)
+            methods[attr] = method if callable(method) else None
+        return cls(noise_type, **methods)
+
+
+def _as_terms(sde: Any, noise_type: str) -> _Terms:
+    return sde if isinstance(sde, _Terms) else _Terms.of(sde, noise_type)
+
+
+def _logqp_terms(terms: _Terms, noise_type: str, eps: float = 1e-7) -> _Terms:
+    """The SDE augmented with the log-ratio :math:`L` of posterior and prior path measures {cite}`li2020scalable`.
+
+    The state is :math:`(Y, L)` with :math:`dL = \\tfrac12\\,|u(t, Y)|^2\\,dt` and no noise, where
+    :math:`u = g^{-1}(f - h)` solves :math:`g\\,u = f - h` (:math:`h` the prior drift): :math:`(f - h)/g`
+    componentwise for diagonal noise (:math:`|g| \\ge` ``eps``), the pseudo-inverse otherwise. By Girsanov's
+    theorem :math:`E[L_T]` is :math:`KL(\\mathbb{Q} \\| \\mathbb{P})` over :math:`[t_0, T]` (Li et al. 2020,
+    Eq. 9). Solving the augmented SDE with the chosen method integrates :math:`L` as torchsde does.
+    """
+    f, g, h = terms.f, terms.g, terms.h
+
+    def kl_rate(fy: Tensor, gy: Tensor, hy: Tensor) -> Tensor:
+        if noise_type == "diagonal":
+            u = (fy - hy) / torch.where(gy.abs() > eps, gy, torch.full_like(gy, eps).copysign(gy))
+        else:
+            u = (torch.linalg.pinv(gy) @ (fy - hy).unsqueeze(-1)).squeeze(-1)
+        return 0.5 * u.pow(2).sum(-1, keepdim=True)
+
+    def zero_row(gy: Tensor) -> Tensor:
+        return gy.new_zeros((gy.shape[0], 1, *gy.shape[2:]))
+
+    def aug_f_and_g(t: Tensor, ya: Tensor) -> tuple[Tensor, Tensor]:
+        y = ya[:, :-1]
+        fy, gy = terms.f_and_g(t, y)
+        return torch.cat([fy, kl_rate(fy, gy, h(t, y))], 1), torch.cat([gy, zero_row(gy)], 1)
+
+    def aug_g(t: Tensor, ya: Tensor) -> Tensor:
+        gy = g(t, ya[:, :-1])
+        return torch.cat([gy, zero_row(gy)], 1)
+
+    def aug_f(t: Tensor, ya: Tensor) -> Tensor:
+        y = ya[:, :-1]
+        fy = f(t, y)
+        return torch.cat([fy, kl_rate(fy, g(t, y), h(t, y))], 1)
+
+    return _Terms(noise_type, f=aug_f, g=aug_g, f_and_g=aug_f_and_g)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One step of each method
+# --------------------------------------------------------------------------------------------------------------
+
+
 def euler_maruyama_step(sde: Any, t0: Tensor, y: Tensor, h: float, dw: Tensor, noise_type: str) -> Tensor:
     """One Euler-Maruyama step, :math:`Y_{n+1} = Y_n + f(t_n, Y_n)\\,h + g(t_n, Y_n)\\,\\Delta W_n`.
 
     Converges to the Itô solution with strong order 1/2 and weak order 1 {cite}`kloeden1992numerical`
-    (Sec. 10.2; {cite}`higham2001algorithmic`, the EM method). ``dw`` has shape ``(batch, m)``.
+    (Sec. 10.2; {cite}`higham2001algorithmic`, the EM method). ``dw`` has shape ``(batch, m)``. ``sde`` needs
+    ``f`` and ``g``, or torchsde's ``f_and_g`` / ``g_prod`` / ``f_and_g_prod`` (used when defined).
     """
-    return y + sde.f(t0, y) * h + _prod(noise_type)(sde.g(t0, y), dw)
+    f, gdw = _as_terms(sde, noise_type).f_and_g_prod(t0, y, dw)
+    return torch.add(y, f, alpha=h).add_(gdw)
 
 
 def _g_dg(sde: Any, t0: Tensor, y: Tensor, noise_type: str, create_graph: bool) -> tuple[Tensor, Tensor]:
@@ -349,11 +471,12 @@ def milstein_step(
     :math:`\\partial_y g\\, g` by :math:`(g(t_n, \\bar Y) - g(t_n, Y_n))/\\sqrt h`, one extra ``g`` call and no
     derivatives. Additive noise has :math:`\\partial_y g = 0`, so Milstein is Euler-Maruyama there.
     """
-    f = sde.f(t0, y)
+    sde = _as_terms(sde, noise_type)
     if noise_type in ("additive", "general"):
         if noise_type == "general":
             raise ValueError("milstein needs diagonal, scalar or additive noise (general noise needs Levy areas)")
-        return y + f * h + _prod(noise_type)(sde.g(t0, y), dw)
+        return euler_maruyama_step(sde, t0, y, h, dw, noise_type)
+    f = sde.f(t0, y)
     # Y + f h + g dW + (1/2) L (dW^2 - h)  =  Y + (f - L/2) h + (g + (L/2) dW) dW   (Itô; Stratonovich: no -h),
     # with L = (dg/dy) g: written this way the update takes four tensor operations.
     if grad_free:
@@ -384,11 +507,10 @@ def heun_step(sde: Any, t0: Tensor, t1: Tensor, y: Tensor, h: float, dw: Tensor,
     Strong order 1 for commutative noise (diagonal, scalar, additive), 1/2 in general
     {cite}`burrage2004numerical`; the method of torchsde's ``heun`` {cite}`li2020scalable`.
     """
-    prod = _prod(noise_type)
-    f, g = sde.f(t0, y), sde.g(t0, y)
-    gdw = prod(g, dw)
-    y_bar = y + f * h + gdw
-    return y + (f + sde.f(t1, y_bar)) * (0.5 * h) + (gdw + prod(sde.g(t1, y_bar), dw)) * 0.5
+    f_and_g_prod = _as_terms(sde, noise_type).f_and_g_prod
+    f0, gdw0 = f_and_g_prod(t0, y, dw)
+    f1, gdw1 = f_and_g_prod(t1, torch.add(y, f0, alpha=h).add_(gdw0), dw)
+    return torch.add(y, f0 + f1, alpha=0.5 * h).add_(gdw0 + gdw1, alpha=0.5)
 
 
 def midpoint_step(sde: Any, t0: Tensor, t1: Tensor, y: Tensor, h: float, dw: Tensor, noise_type: str) -> Tensor:
@@ -399,10 +521,10 @@ def midpoint_step(sde: Any, t0: Tensor, t1: Tensor, y: Tensor, h: float, dw: Ten
 
     Same orders as :func:`heun_step` {cite}`burrage2004numerical`.
     """
-    prod = _prod(noise_type)
-    y_bar = y + (sde.f(t0, y) * h + prod(sde.g(t0, y), dw)) * 0.5
-    tm = (t0 + t1) * 0.5
-    return y + sde.f(tm, y_bar) * h + prod(sde.g(tm, y_bar), dw)
+    f_and_g_prod = _as_terms(sde, noise_type).f_and_g_prod
+    f0, gdw0 = f_and_g_prod(t0, y, dw)
+    f1, gdw1 = f_and_g_prod((t0 + t1) * 0.5, torch.add(y, f0, alpha=0.5 * h).add_(gdw0, alpha=0.5), dw)
+    return torch.add(y, f1, alpha=h).add_(gdw1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -431,12 +553,7 @@ def step_grid(t: Sequence[float], dt: float, rtol: float = 1e-6) -> tuple[list[f
     return grid, obs
 
 
-def _check_sde(sde: Any) -> tuple[str, str]:
-    for name in ("f", "g"):
-        if not callable(getattr(sde, name, None)):
-            raise TypeError(
-                f"sde must have a method {name}(t, y) (drift f, diffusion g); {type(sde).__name__} has none"
-            )
+def _check_sde_types(sde: Any) -> tuple[str, str]:
     noise_type = getattr(sde, "noise_type", None)
     sde_type = getattr(sde, "sde_type", None)
     if noise_type not in NOISE_TYPES:
@@ -446,56 +563,88 @@ def _check_sde(sde: Any) -> tuple[str, str]:
     return noise_type, sde_type
 
 
-def _check_times(t: Any, y0: Tensor) -> tuple[list[float], torch.dtype]:
-    if isinstance(t, Tensor):
-        if t.dim() != 1 or t.numel() < 1:
-            raise ValueError(f"t must be a 1-D tensor of observation times, got shape {tuple(t.shape)}")
-        t_dtype = t.dtype if t.is_floating_point() else y0.dtype
-        ts = [float(s) for s in t.detach().cpu().double().tolist()]
+def _check_terms(terms: _Terms, sde: Any, method: str | None, logqp: bool) -> None:
+    """The methods ``sde`` must define: a drift and a diffusion, and what the chosen method and ``logqp`` use."""
+    name = type(sde).__name__
+    if terms.g_prod is None and terms.f_and_g_prod is None:
+        raise TypeError(
+            f"sde has no diffusion: define a method g(t, y) (or f_and_g, g_prod, f_and_g_prod); {name} has none"
+        )
+    if terms.f_and_g_prod is None:
+        raise TypeError(f"sde has no drift: define a method f(t, y) (or f_and_g, f_and_g_prod); {name} has none")
+    if (method == "milstein" or logqp) and (terms.f is None or terms.g is None):
+        needs = "logqp=True" if logqp else f"method {method!r}"
+        raise TypeError(
+            f"{needs} needs the drift f and the diffusion g themselves (f and g, or f_and_g); {name} has not"
+        )
+    if logqp and terms.h is None:
+        raise TypeError(f"logqp=True needs the prior drift h(t, y) (or names={{'prior_drift': ...}}); {name} has none")
+
+
+def _check_times(ts: Any, y0: Tensor) -> tuple[list[float], torch.dtype]:
+    if isinstance(ts, Tensor):
+        if ts.dim() != 1 or ts.numel() < 1:
+            raise ValueError(f"ts must be a 1-D tensor of observation times, got shape {tuple(ts.shape)}")
+        t_dtype = ts.dtype if ts.is_floating_point() else y0.dtype
+        times = [float(s) for s in ts.detach().cpu().double().tolist()]
     else:
         try:
-            ts = [float(s) for s in t]
+            times = [float(s) for s in ts]
         except TypeError as err:
-            raise TypeError(f"t must be a 1-D tensor or a sequence of numbers, got {type(t).__name__}") from err
-        if len(ts) < 1:
-            raise ValueError("t must hold at least one time")
+            raise TypeError(f"ts must be a 1-D tensor or a sequence of numbers, got {type(ts).__name__}") from err
+        if len(times) < 1:
+            raise ValueError("ts must hold at least one time")
         t_dtype = y0.dtype
-    if not all(math.isfinite(s) for s in ts):
-        raise ValueError(f"t must be finite, got {ts}")
-    diffs = [b - a for a, b in zip(ts[:-1], ts[1:])]
+    if not all(math.isfinite(s) for s in times):
+        raise ValueError(f"ts must be finite, got {times}")
+    diffs = [b - a for a, b in zip(times[:-1], times[1:])]
     if any(d <= 0 for d in diffs):
         if all(d < 0 for d in diffs):
             raise ValueError(
-                "t must be strictly increasing; sdeint integrates forward in time only (for a reverse-time SDE "
+                "ts must be strictly increasing; sdeint integrates forward in time only (for a reverse-time SDE "
                 "such as a score-SDE sampler, write it in the reversed time s = T - t)"
             )
         k = next(i for i, d in enumerate(diffs) if d <= 0)
-        raise ValueError(f"t must be strictly increasing, but t[{k}]={ts[k]} >= t[{k + 1}]={ts[k + 1]}")
-    return ts, t_dtype
+        raise ValueError(f"ts must be strictly increasing, but ts[{k}]={times[k]} >= ts[{k + 1}]={times[k + 1]}")
+    return times, t_dtype
 
 
-def _noise_size(sde: Any, noise_type: str, t0: Tensor, y0: Tensor) -> int:
-    """Evaluate f and g once at (t0, y0), check their shapes against ``noise_type`` and return ``m``."""
+def _noise_size(terms: _Terms, noise_type: str, t0: Tensor, y0: Tensor, bm: Any) -> int:
+    """Evaluate the terms once at (t0, y0), check their shapes against ``noise_type`` and return ``m``."""
+    b, d = y0.shape
     with torch.no_grad():
-        f0, g0 = sde.f(t0, y0), sde.g(t0, y0)
+        g0 = terms.g(t0, y0) if terms.g is not None else None
+        if isinstance(g0, Tensor):
+            shape = tuple(g0.shape)
+            if noise_type == "diagonal" and shape != (b, d):
+                raise ValueError(f"diagonal noise: g(t, y) must have shape (batch, d) = {(b, d)}, got {shape}")
+            if noise_type == "scalar" and shape != (b, d, 1):
+                raise ValueError(f"scalar noise: g(t, y) must have shape (batch, d, 1) = {(b, d, 1)}, got {shape}")
+            if noise_type in ("additive", "general") and (len(shape) != 3 or shape[:2] != (b, d)):
+                raise ValueError(
+                    f"{noise_type} noise: g(t, y) must have shape (batch, d, m) = {(b, d)} + (m,), got {shape}"
+                )
+            m = shape[-1] if noise_type != "diagonal" else d
+        elif g0 is not None:
+            raise ValueError(f"diffusion g(t, y) must return a tensor, got {type(g0).__name__}")
+        elif noise_type in ("diagonal", "scalar"):
+            m = d if noise_type == "diagonal" else 1
+        elif getattr(bm, "shape", None) is not None and len(bm.shape) == 2:
+            m = int(bm.shape[1])
+        else:
+            raise ValueError(
+                f"{noise_type} noise with g_prod but no g: the number of Brownian motions m is unknown; pass bm"
+            )
+        f0, gv = terms.f_and_g_prod(t0, y0, y0.new_zeros(b, m))
     if not isinstance(f0, Tensor) or f0.shape != y0.shape:
         shape = tuple(f0.shape) if isinstance(f0, Tensor) else type(f0).__name__
         raise ValueError(f"drift f(t, y) must have the shape of y0 {tuple(y0.shape)}, got {shape}")
-    if not isinstance(g0, Tensor):
-        raise ValueError(f"diffusion g(t, y) must return a tensor, got {type(g0).__name__}")
-    b, d = y0.shape
-    shape = tuple(g0.shape)
-    if noise_type == "diagonal":
-        if shape != (b, d):
-            raise ValueError(f"diagonal noise: g(t, y) must have shape (batch, d) = {(b, d)}, got {shape}")
-        return d
-    if noise_type == "scalar":
-        if shape != (b, d, 1):
-            raise ValueError(f"scalar noise: g(t, y) must have shape (batch, d, 1) = {(b, d, 1)}, got {shape}")
-        return 1
-    if len(shape) != 3 or shape[:2] != (b, d):
-        raise ValueError(f"{noise_type} noise: g(t, y) must have shape (batch, d, m) = {(b, d)} + (m,), got {shape}")
-    return shape[2]
+    if not isinstance(gv, Tensor) or gv.shape != y0.shape:
+        shape = tuple(gv.shape) if isinstance(gv, Tensor) else type(gv).__name__
+        raise ValueError(
+            f"the diffusion-noise product g(t, y) v must have the shape of y0 {tuple(y0.shape)}, got {shape}"
+        )
+    return m
 
 
 def _increment_stream(grid: list[float], shape: tuple[int, int], y0: Tensor, seed: int | None) -> Iterator[Tensor]:
@@ -511,63 +660,109 @@ def _increment_stream(grid: list[float], shape: tuple[int, int], y0: Tensor, see
         yield from z.mul_(sqrt_h[start:stop, None, None]).unbind(0)
 
 
+def _default_method(sde_type: str, noise_type: str) -> str:
+    """``euler`` for Itô SDEs (torchsde: ``srk`` unless the noise is general), ``midpoint`` for Stratonovich SDEs."""
+    return "euler" if sde_type == "ito" else "midpoint"
+
+
 def sdeint(
     sde: Any,
     y0: Tensor,
-    t: Tensor | Sequence[float],
+    ts: Tensor | Sequence[float],
+    bm: Callable[..., Tensor] | None = None,
     method: str | None = None,
     dt: float = 1e-3,
-    bm: Callable[..., Tensor] | None = None,
-    backend: str = "dedl",
-    seed: int | None = None,
+    adaptive: bool = False,
+    rtol: float = 1e-5,
+    atol: float = 1e-4,
+    dt_min: float = 1e-5,
     options: dict[str, Any] | None = None,
-) -> Tensor:
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: tuple[Tensor, ...] | None = None,
+    backend: str = "dedl",
+    *,
+    seed: int | None = None,
+) -> Tensor | tuple[Tensor, ...]:
     """Solve :math:`dY = f(t, Y)\\,dt + g(t, Y)\\,dW`, :math:`Y(t_0) = y_0`, with fixed steps, like ``torchsde.sdeint``.
+
+    torchsde's arguments in torchsde's order, with torchsde's shapes and return values. Where dedl differs:
+
+    * ``adaptive=True`` raises ``NotImplementedError`` (dedl steps with fixed ``dt`` only; ``rtol``, ``atol``,
+      ``dt_min`` are accepted for adaptive stepping and unused, as in torchsde without ``adaptive``).
+    * Every time in ``ts`` is hit exactly (the last step before it is shortened); torchsde steps past it and
+      interpolates linearly.
+    * The default method is ``euler`` for Itô SDEs (torchsde: ``srk`` for diagonal, scalar and additive noise).
+    * ``milstein`` with scalar noise and ``d > 1`` uses :math:`(\\partial g/\\partial y)\\,g`; torchsde 0.2.6 uses
+      its transpose, which is wrong for a non-symmetric Jacobian, so the two answers differ there.
+    * A fast path (``f_and_g``, ``g_prod``, ``f_and_g_prod``) is skipped when ``names`` renames one of its parts
+      but not the path itself; unknown ``names`` keys, unknown options and unknown keyword arguments raise
+      (torchsde ignores or warns).
+    * ``logqp=True`` with diagonal noise takes ``bm`` of the SDE's own shape ``(batch, d)`` as well as torchsde's
+      ``(batch, d + 1)``.
+    * dedl's own extra, ``seed``, is keyword-only.
 
     Args:
         sde: object with ``f(t, y)``, ``g(t, y)``, ``noise_type`` in ``("diagonal", "scalar", "additive",
             "general")`` and ``sde_type`` in ``("ito", "stratonovich")`` (torchsde's convention; see the module
-            docstring for the shapes).
+            docstring for the shapes). Instead of ``f`` and ``g`` it may define torchsde's fast paths
+            ``f_and_g(t, y)``, ``g_prod(t, y, v)`` (:math:`g\\,v`) or ``f_and_g_prod(t, y, v)``, which are used when
+            defined; ``logqp`` needs the prior drift ``h(t, y)`` as well.
         y0: initial state, shape ``(batch, d)``; only 2-D states are supported (flatten others).
-        t: observation times, strictly increasing (forward in time only); ``t[0]`` is the time of ``y0``.
-        method: ``"euler"`` (Itô), ``"milstein"`` (Itô or Stratonovich; diagonal, scalar, additive noise),
-            ``"heun"`` or ``"midpoint"`` (Stratonovich). ``None`` picks ``"euler"`` for Itô SDEs and ``"heun"``
-            for Stratonovich SDEs. Euler-Maruyama is Itô-only as in torchsde: on a Stratonovich SDE it would
-            converge to the wrong (Itô) solution, so it raises.
-        dt: step size. Each interval between observation times takes :math:`\\lceil \\Delta/dt\\rceil` steps
-            (up to a small rounding tolerance, :func:`step_grid`), the last one clipped, so every observation
-            time is hit exactly (torchsde instead interpolates linearly between steps).
+        ts: observation times, strictly increasing (forward in time only); ``ts[0]`` is the time of ``y0``.
         bm: Brownian motion, any callable ``bm(ta, tb)`` returning the increment :math:`W(t_b) - W(t_a)` of shape
             ``(batch, m)``: a :class:`BrownianPath`, ``torchsde.BrownianInterval``, ... ``None`` (default) draws the
             increments for the whole step grid up front with one ``randn`` call, from ``torch.Generator``
             seeded by ``seed``, or from torch's global generator if ``seed`` is None.
-        backend: ``"dedl"``, or ``"torchsde"`` to hand the same call to ``torchsde.sdeint`` (with ``method``
-            resolved as above, and, when ``seed`` is given and ``bm`` is None, a ``BrownianInterval`` with
+        method: ``"euler"`` (Itô), ``"milstein"`` (Itô or Stratonovich; diagonal, scalar, additive noise),
+            ``"heun"`` or ``"midpoint"`` (Stratonovich). ``None`` picks ``"euler"`` for Itô SDEs and
+            ``"midpoint"`` for Stratonovich SDEs. Euler-Maruyama is Itô-only as in torchsde: on a Stratonovich
+            SDE it would converge to the wrong (Itô) solution, so it raises.
+        dt: step size. Each interval between observation times takes :math:`\\lceil \\Delta/dt\\rceil` steps
+            (up to a small rounding tolerance, :func:`step_grid`), the last one clipped.
+        adaptive, rtol, atol, dt_min: torchsde's adaptive stepping; ``adaptive=True`` raises under
+            ``backend="dedl"``.
+        options: ``{"grad_free": True}`` selects the derivative-free Milstein (default: autograd).
+        names: torchsde's renaming of the SDE's methods, keys ``"drift"``, ``"diffusion"``, ``"prior_drift"``,
+            ``"drift_and_diffusion"``, ``"drift_and_diffusion_prod"`` (e.g. ``names={"drift": "h"}`` solves with
+            the method ``h`` as the drift).
+        logqp: also return the log-ratio of the posterior and prior path measures over each interval of ``ts``,
+            :math:`\\int \\tfrac12 |u|^2\\,dt` with :math:`g\\,u = f - h` (see :func:`_logqp_terms`), shape
+            ``(len(ts) - 1, batch)``.
+        extra: also return the solver's state after the last step (``()`` for these methods).
+        extra_solver_state: the solver's state to start from (these methods keep none: must be None or ``()``).
+        backend: ``"dedl"``, or ``"torchsde"`` to hand the very same call to ``torchsde.sdeint`` (no method
+            resolved by dedl; when ``seed`` is given and ``bm`` is None, a ``BrownianInterval`` with
             ``entropy=seed``), so a reader can swap solvers and compare.
         seed: seed for the increments when ``bm`` is None (an error if ``bm`` is given).
-        options: ``{"grad_free": True}`` selects the derivative-free Milstein (default: autograd).
 
     Returns:
-        The solution at ``t``, shape ``(len(t), batch, d)``.
+        The solution at ``ts``, shape ``(len(ts), batch, d)``; with ``logqp`` also the log-ratio, with ``extra``
+        also the solver state, in that order (torchsde's convention).
 
     Raises:
-        ValueError: bad ``t``, ``dt``, ``y0``, method, backend, method/SDE mismatch, wrong ``f``/``g``/``bm`` shapes.
-        TypeError: ``sde`` without ``f`` or ``g``, ``y0`` not a floating-point tensor, ``bm`` not callable.
+        ValueError: bad ``ts``, ``dt``, ``y0``, method, backend, names, method/SDE mismatch, wrong ``f``/``g``/``bm``
+            shapes, dtype or device.
+        TypeError: ``sde`` without a drift or diffusion, ``y0`` not a floating-point tensor, ``bm`` not callable.
+        NotImplementedError: ``adaptive=True`` with ``backend="dedl"``.
         FloatingPointError: the state became NaN or Inf; the message names the observation interval.
 
     References: Euler-Maruyama and Milstein {cite}`kloeden1992numerical,higham2001algorithmic,milstein1974approximate`;
-    the interface of torchsde {cite}`li2020scalable,kidger2021on`.
+    the interface and the log-ratio of torchsde {cite}`li2020scalable,kidger2021on`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    noise_type, sde_type = _check_sde(sde)
+    noise_type, sde_type = _check_sde_types(sde)
+    terms = _Terms.of(sde, noise_type, names)
+    _check_terms(terms, sde, method, logqp)
     if not isinstance(y0, Tensor):
         raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
     if y0.dim() != 2:
         raise ValueError(f"y0 must be 2-D, shape (batch, d), got shape {tuple(y0.shape)}; flatten other states")
     if not y0.is_floating_point():
         raise TypeError(f"y0 must be a floating-point tensor, got {y0.dtype}")
-    ts, t_dtype = _check_times(t, y0)
+    times_list, t_dtype = _check_times(ts, y0)
     dt = _as_float(dt)
     if not dt > 0 or not math.isfinite(dt):
         raise ValueError(f"dt must be a positive finite step size, got {dt}")
@@ -578,12 +773,29 @@ def sdeint(
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; sdeint knows only 'grad_free' (milstein)")
 
-    if method is None:
-        method = "euler" if sde_type == "ito" else "heun"
-
     if backend == "torchsde":
-        return _torchsde_backend(sde, y0, ts, t, t_dtype, method, dt, bm, seed, options, noise_type)
+        if bm is None and seed is not None:
+            t0 = torch.tensor(times_list[0], dtype=t_dtype, device=y0.device)
+            m = _noise_size(terms, noise_type, t0, y0, None) + int(logqp and noise_type == "diagonal")
+            levy = {None: "space-time", "srk": "space-time", "log_ode": "foster"}.get(method, "none")
+            import torchsde
 
+            bm = torchsde.BrownianInterval(
+                t0=times_list[0], t1=times_list[-1], size=(y0.shape[0], m), dtype=y0.dtype, device=y0.device,
+                entropy=seed, levy_area_approximation=levy,
+            )
+        return _torchsde().sdeint(
+            sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options or None, names, logqp, extra,
+            extra_solver_state,
+        )
+
+    if adaptive:
+        raise NotImplementedError(
+            "adaptive=True: dedl's sdeint steps with a fixed dt only; drop adaptive (and set dt), or use "
+            "backend='torchsde' for torchsde's adaptive stepping"
+        )
+    if method is None:
+        method = _default_method(sde_type, noise_type)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {tuple(METHODS)}")
     if sde_type not in METHODS[method]["sde_types"]:
@@ -601,18 +813,27 @@ def sdeint(
         )
     if options.get("grad_free") and method != "milstein":
         raise ValueError("option 'grad_free' applies to method='milstein' only")
+    if extra_solver_state:
+        raise ValueError(f"extra_solver_state: method {method!r} keeps no solver state (pass None or ())")
 
     if not torch.isfinite(y0).all():
-        raise FloatingPointError(f"y0 holds NaN or Inf at t={ts[0]}")
-    if len(ts) == 1:
-        return y0.unsqueeze(0)
-
-    grid, obs = step_grid(ts, dt)
+        raise FloatingPointError(f"y0 holds NaN or Inf at t={times_list[0]}")
+    grid, obs = step_grid(times_list, dt)
     times = torch.tensor(grid, dtype=torch.float64).to(dtype=t_dtype, device=y0.device).unbind(0)
-    batch = y0.shape[0]
-    m = _noise_size(sde, noise_type, times[0], y0)
+    batch, d = y0.shape
+    m = _noise_size(terms, noise_type, times[0], y0, bm)
     shape = (batch, m)
     hs = [b - a for a, b in zip(grid[:-1], grid[1:])]
+
+    # logqp: solve the SDE augmented with the log-ratio L (one more state, no noise); for diagonal noise the
+    # augmented SDE has d + 1 Brownian motions, the last one multiplying g = 0 (torchsde's bm is (batch, d + 1)).
+    pad = False
+    if logqp:
+        terms = _logqp_terms(terms, noise_type)
+        y0 = torch.cat([y0, y0.new_zeros(batch, 1)], 1)
+        if noise_type == "diagonal":
+            pad = getattr(bm, "shape", None) is None or tuple(bm.shape) != (batch, d + 1)
+            shape = shape if pad else (batch, d + 1)
 
     if bm is not None:
         if not callable(bm):
@@ -634,77 +855,71 @@ def sdeint(
                 f"device={y0.device}"
             )
     increments: Iterator[Tensor]
-    if bm is None:
+    if len(hs) == 0:
+        increments = iter(())
+    elif bm is None:
         increments = _increment_stream(grid, shape, y0, seed)
     elif isinstance(bm, BrownianPath):
         increments = iter(bm._increments(grid, t_dtype).unbind(0))
     else:
         increments = (bm(times[i], times[i + 1]) for i in range(len(hs)))
 
-    dw0 = next(increments)
-    if not isinstance(dw0, Tensor) or tuple(dw0.shape) != shape:
-        got = tuple(dw0.shape) if isinstance(dw0, Tensor) else type(dw0).__name__
-        raise ValueError(f"bm(ta, tb) returned an increment of shape {got}; expected (batch, m) = {shape}")
-    increments = itertools.chain([dw0], increments)
+    if len(hs):
+        dw0 = next(increments)
+        if not isinstance(dw0, Tensor) or tuple(dw0.shape) != shape:
+            got = tuple(dw0.shape) if isinstance(dw0, Tensor) else type(dw0).__name__
+            raise ValueError(f"bm(ta, tb) returned an increment of shape {got}; expected (batch, m) = {shape}")
+        increments = itertools.chain([dw0], increments)
+    if pad:
+        increments = (torch.cat([dw, dw.new_zeros(batch, 1)], 1) for dw in increments)
 
     advance: Callable[[int, Tensor, Tensor], Tensor]
     if method == "euler":
-        f, g = sde.f, sde.g
-        if noise_type == "diagonal":  # the common case, fused: y + f h + g dW in two kernels
 
-            def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
-                ti = times[i]
-                return torch.addcmul(torch.add(y, f(ti, y), alpha=hs[i]), g(ti, y), dw)
-        else:
-
-            def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
-                return euler_maruyama_step(sde, times[i], y, hs[i], dw, noise_type)
+        def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
+            return euler_maruyama_step(terms, times[i], y, hs[i], dw, noise_type)
     elif method == "milstein":
         grad_free = bool(options.get("grad_free", False))
 
         def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
-            return milstein_step(sde, times[i], y, hs[i], dw, noise_type, sde_type, grad_free)
+            return milstein_step(terms, times[i], y, hs[i], dw, noise_type, sde_type, grad_free)
     elif method == "heun":
 
         def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
-            return heun_step(sde, times[i], times[i + 1], y, hs[i], dw, noise_type)
+            return heun_step(terms, times[i], times[i + 1], y, hs[i], dw, noise_type)
     else:
 
         def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
-            return midpoint_step(sde, times[i], times[i + 1], y, hs[i], dw, noise_type)
+            return midpoint_step(terms, times[i], times[i + 1], y, hs[i], dw, noise_type)
 
     ys = [y0]
     y = y0
     k = 1
-    next_obs = obs[1]
+    next_obs = obs[1] if len(obs) > 1 else -1
     for i, dw in enumerate(increments):
         y = advance(i, y, dw)
         if i + 1 == next_obs:
             if not torch.isfinite(y).all():
                 raise FloatingPointError(
-                    f"sdeint: the state became NaN or Inf between t={ts[k - 1]} and t={ts[k]} "
+                    f"sdeint: the state became NaN or Inf between t={times_list[k - 1]} and t={times_list[k]} "
                     f"(method={method!r}, dt={dt}); try a smaller dt or check f and g"
                 )
             ys.append(y)
             k += 1
             next_obs = obs[k] if k < len(obs) else -1
-    return torch.stack(ys)
+    out = torch.stack(ys)
+    results: tuple[Tensor, ...] = (out,)
+    if logqp:
+        results = (out[..., :d], out[1:, :, d] - out[:-1, :, d])
+    if extra:
+        results = (*results, ())
+    return results[0] if len(results) == 1 else results
 
 
-def _torchsde_backend(sde, y0, ts, t, t_dtype, method, dt, bm, seed, options, noise_type) -> Tensor:
-    """Hand the call to ``torchsde.sdeint`` (imported here, so dedl does not need torchsde to import)."""
+def _torchsde() -> Any:
+    """torchsde, imported when the torchsde backend is asked for (dedl.solvers imports torch alone)."""
     try:
         import torchsde
     except ImportError as err:  # pragma: no cover - torchsde is a dependency of dedl
         raise ImportError("backend='torchsde' needs the torchsde package (pip install torchsde)") from err
-    t_tensor = torch.tensor(ts, dtype=torch.float64).to(dtype=t_dtype, device=y0.device)
-    if len(ts) == 1:
-        return y0.unsqueeze(0)
-    if bm is None and seed is not None:
-        m = _noise_size(sde, noise_type, t_tensor[0], y0)
-        levy = {"srk": "space-time", "log_ode": "foster"}.get(method, "none")
-        bm = torchsde.BrownianInterval(
-            t0=ts[0], t1=ts[-1], size=(y0.shape[0], m), dtype=y0.dtype, device=y0.device,
-            entropy=seed, levy_area_approximation=levy,
-        )
-    return torchsde.sdeint(sde, y0, t_tensor, bm=bm, method=method, dt=dt, options=options or None)
+    return torchsde
