@@ -98,6 +98,8 @@ def fill_missing(t: Tensor, x: Tensor, method: str = "linear") -> Tensor:
 class _PiecewisePolynomial:
     """A path given on each interval ``[t_k, t_{k+1}]`` by ``a + b s + c s^2 + d s^3`` with ``s = t - t_k``."""
 
+    continuous_derivative: bool  # whether dX/dt is continuous at the knots (else a solver must treat them as jumps)
+
     def __init__(self, t: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor):
         self.t, self.a, self.b, self.c, self.d = t, a, b, c, d
 
@@ -130,7 +132,8 @@ class _PiecewisePolynomial:
         return a + u * (b + u * (c + u * d))
 
     def derivative(self, s: Tensor | float) -> Tensor:
-        """``dX/dt(s)`` (the right derivative at a knot), shaped like :meth:`evaluate`."""
+        """``dX/dt(s)``, shaped like :meth:`evaluate`: the right derivative at a knot; the left one at the largest
+        float below the knot (``torch.nextafter(t_k, -inf)``), which is how a solver reads a one-sided limit."""
         k, u = self._locate(s)
         return self._piece(self.b, k) + u * (2 * self._piece(self.c, k) + 3 * u * self._piece(self.d, k))
 
@@ -149,6 +152,8 @@ class LinearInterpolation(_PiecewisePolynomial):
     {cite}`kidger2021on`, Sec. 3.1). Missing values (``NaN``) are first replaced by :func:`fill_missing`
     with ``fill``. ``t``: shape ``(T,)``, strictly increasing; ``x``: shape ``(..., T, C)``.
     """
+
+    continuous_derivative = False
 
     def __init__(self, t: Tensor, x: Tensor, fill: str = "linear"):
         t = _check_times(t, like=x if isinstance(x, Tensor) else None)
@@ -182,6 +187,8 @@ class NaturalCubicSpline(_PiecewisePolynomial):
     system is the same for every series of a batch and is solved once (densely: ``O(T^3)``, fine for a few
     hundred time points).
     """
+
+    continuous_derivative = True
 
     def __init__(self, t: Tensor, x: Tensor, fill: str = "linear"):
         t = _check_times(t, like=x if isinstance(x, Tensor) else None)

@@ -350,3 +350,55 @@ def test_y0_not_tensor():
 def test_torchdiffeq_backend_rejects_multistep():
     with pytest.raises(ValueError, match="torchdiffeq has no"):
         odeint(field, Y0, T01, method="adams_bashforth2", backend="torchdiffeq")
+
+
+# --- jump_t / step_t: steps end on the jumps of the field and read its one-sided limits -----------------------------
+
+
+def square_wave(t, y):
+    """``f = +1`` before ``t = 0.7`` and after ``t = 1.3``, ``-1`` between: a field with two jumps."""
+    return torch.ones_like(y) * (-1.0 if 0.7 <= t < 1.3 else 1.0)
+
+
+def square_wave_solution(t):
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return t - 2 * (t.clamp(0.7, 1.3) - 0.7)
+
+
+@pytest.mark.parametrize("method", list(TABLEAUX) + ["adams_bashforth2", "adams_bashforth3", "adams_bashforth4"])
+@pytest.mark.parametrize("t", [[0.0, 1.0, 2.0], [2.0, 0.5, 0.0]], ids=["forward", "backward"])
+def test_jump_t_makes_every_method_exact_on_a_piecewise_constant_field(method, t):
+    t = torch.tensor(t, dtype=torch.float64)
+    y0 = square_wave_solution(t[0]).reshape(1)
+    ys = odeint(square_wave, y0, t, method=method, options={"jump_t": torch.tensor([0.7, 1.3], dtype=torch.float64)})
+    assert (ys[:, 0] - square_wave_solution(t)).abs().max() < 1e-12
+    ys = odeint(square_wave, y0, t, method=method, options={"jump_t": [0.7, 1.3, 5.0]})  # 5.0: outside, ignored
+    assert (ys[:, 0] - square_wave_solution(t)).abs().max() < 1e-12
+
+
+def test_without_jump_t_rk4_reads_across_the_jump():
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    ys = odeint(square_wave, torch.zeros(1, dtype=torch.float64), t, method="rk4")
+    assert (ys[:, 0] - square_wave_solution(t)).abs().max() > 0.1
+
+
+def test_jump_t_restarts_the_adaptive_solver_and_step_t_does_not():
+    """dopri5 is FSAL: at a step_t the last stage is the next first one; at a jump_t one more evaluation gives the
+    right limit. Both land steps exactly on the given times."""
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    decay = lambda s, y: -y  # noqa: E731
+    base, on_steps, on_jumps = {}, {}, {}
+    odeint(decay, y0, t, options={"stats": base, "first_step": 0.3})
+    odeint(decay, y0, t, options={"stats": on_steps, "first_step": 0.3, "step_t": [0.45, 1.234]})
+    odeint(decay, y0, t, options={"stats": on_jumps, "first_step": 0.3, "jump_t": [0.45, 1.234]})
+    for stats in (on_steps, on_jumps):
+        assert 0.45 in stats["t"] and 1.234 in stats["t"]
+    assert base["nfe"] == 6 * base["n_steps"] + 1 and on_steps["nfe"] == 6 * on_steps["n_steps"] + 1
+    assert on_jumps["nfe"] == on_steps["nfe"] + 2 and on_jumps["n_steps"] == on_steps["n_steps"]
+
+
+@pytest.mark.parametrize("bad", [[[0.5]], [float("nan")], "soon"])
+def test_bad_jump_t(bad):
+    with pytest.raises((ValueError, TypeError), match="jump_t"):
+        odeint(field, Y0, [0.0, 1.0], method="rk4", options={"jump_t": bad})

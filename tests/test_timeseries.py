@@ -17,6 +17,7 @@ from dedl.data import (
     lotka_volterra,
     spiral_trajectories,
 )
+from dedl.cde import cdeint
 from dedl.interpolation import LinearInterpolation, NaturalCubicSpline
 from dedl.nn.odenets import (
     CDEVectorField,
@@ -24,7 +25,6 @@ from dedl.nn.odenets import (
     LatentODE,
     NeuralCDE,
     ODERNN,
-    cdeint,
     gaussian_kl,
 )
 from dedl.solvers import odeint

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from dedl.cde import cdeint
 from dedl.interpolation import LinearInterpolation, NaturalCubicSpline
 from dedl.nn.checks import positive_float, positive_int
 from dedl.nn.classifier import ImageClassifier
@@ -517,54 +518,6 @@ def _solver_kwargs(method: str, rtol: float, atol: float, options: dict | None) 
     return dict(method=method, rtol=positive_float("rtol", rtol), atol=positive_float("atol", atol), options=options)
 
 
-class _ControlledField(nn.Module):
-    """``g(t, z) = f(t, z) dX/dt(t)``: the CDE's matrix-valued field times the control's velocity."""
-
-    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], path: Path):
-        super().__init__()
-        self.func = func
-        self.path = path
-
-    def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        fz = self.func(t, z)
-        dx = self.path.derivative(t).to(fz.dtype)
-        if fz.dim() < 2 or fz.shape[-1] != dx.shape[-1] or fz.shape[:-1] != z.shape:
-            raise ValueError(
-                f"the CDE field must map a state {tuple(z.shape)} to a matrix of shape {tuple(z.shape)} + "
-                f"({dx.shape[-1]},) (state x control channels), got {tuple(fz.shape)}"
-            )
-        return torch.matmul(fz, dx.unsqueeze(-1)).squeeze(-1)
-
-
-def cdeint(
-    path: Path,
-    func: Callable[[Tensor, Tensor], Tensor],
-    z0: Tensor,
-    t: Tensor,
-    method: str = "rk4",
-    rtol: float = 1e-3,
-    atol: float = 1e-4,
-    options: dict | None = None,
-) -> Tensor:
-    """Solve the CDE ``z(t) = z(t_0) + int_{t_0}^{t} f(s, z(s)) dX(s)`` {cite}`kidger2020neural`.
-
-    Because the control ``X`` (a :class:`~dedl.interpolation.LinearInterpolation` or
-    :class:`~dedl.interpolation.NaturalCubicSpline`) is differentiable almost everywhere, the Riemann-Stieltjes
-    integral is the ordinary integral of ``f(s, z) dX/ds``, so the CDE is the ODE
-
-        ``dz/dt = f(t, z(t)) dX/dt(t)``,
-
-    solved here with :func:`dedl.solvers.odeint`, as Kidger et al. do (Sec. 3.2). ``func(t, z)`` returns a matrix
-    per state: shape ``(*z.shape, C)`` for a control with ``C`` channels. Returns ``z`` at every time of ``t``, shape
-    ``(len(t), *z0.shape)``. ``method``, ``rtol``, ``atol`` and ``options`` go to the solver; the default ``"rk4"``
-    without a step size takes one step between consecutive times of ``t``.
-    """
-    if not hasattr(path, "derivative"):
-        raise TypeError(f"path must be an interpolation with a .derivative(t) method, got {type(path).__name__}")
-    field = _ControlledField(func, path)
-    return odeint(field, z0, t, **_solver_kwargs(method, rtol, atol, options))
-
-
 class CDEVectorField(nn.Module):
     """The neural CDE's field ``f_theta: R^H -> R^{H x C}``: an MLP with a final tanh {cite}`kidger2020neural`.
 
@@ -597,7 +550,7 @@ class NeuralCDE(nn.Module):
         ``z(t) = z(t_0) + int_{t_0}^{t} f_theta(z(s)) dX(s)``,
         ``y(t) = l_theta(z(t))``
 
-    with ``zeta`` and ``l`` linear and ``f`` a :class:`CDEVectorField`, solved by :func:`cdeint`.
+    with ``zeta`` and ``l`` linear and ``f`` a :class:`CDEVectorField`, solved by :func:`dedl.cde.cdeint`.
     Unlike an ODE-RNN the data act continuously, through ``dX``, rather than as jumps at the observation times.
 
     After the last observation every data channel of ``X`` is held constant, so only the time channel moves and the

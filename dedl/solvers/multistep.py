@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from dedl.solvers.ode import RK4, Func, _check_output, _fixed_steps
+from dedl.solvers.ode import RK4, Func, Segment, _check_output, _fixed_steps, _rk_combine, _rk_stages, _stage_times
 
 __all__ = ["ADAMS_BASHFORTH", "adams_bashforth_coefficients", "adams_bashforth_weights", "adams_bashforth_step"]
 
@@ -80,44 +80,34 @@ def adams_bashforth_step(y: Tensor, slopes: Sequence[Tensor], h: float, coeffici
     return out
 
 
-def _rk4_from_k1(func: Func, t: float, y: Tensor, h: float, k1: Tensor) -> Tensor:
-    """One classical RK4 step whose first stage ``k1 = f(t, y)`` is already known (3 new evaluations)."""
-    ks = [k1]
-    for i in range(1, RK4.stages):
-        u = y
-        for j, aij in enumerate(RK4.a[i]):
-            if aij != 0.0:
-                u = torch.add(u, ks[j], alpha=h * aij)
-        ks.append(func(torch.tensor(t + RK4.c[i] * h, dtype=y.dtype, device=y.device), u))
-    out = torch.add(y, ks[0], alpha=h * RK4.b[0])
-    for bi, k in zip(RK4.b[1:], ks[1:]):
-        out.add_(k, alpha=h * bi)
-    return out
-
-
-def _adams_bashforth_fixed(func: Func, y0: Tensor, t_list: list[float], counts: list[int], order: int) -> Tensor:
-    """Adams-Bashforth of ``order`` (started by RK4) on the fixed grid of ``counts``; the states at ``t_list``.
+def _adams_bashforth_fixed(func: Func, y0: Tensor, grid: list[Segment], order: int) -> Tensor:
+    """Adams-Bashforth of ``order`` (started by RK4) on the fixed ``grid``; the states at its output times.
 
     Evaluations: ``4`` per RK4 start-up step (the first ``order - 1`` steps), then ``1`` per step, so
     ``N + 3 (order - 1)`` for ``N >= order - 1`` steps. Where the steps are not all equal (an output
     interval that ``step_size`` does not divide, or a non-uniform ``t``) the weights are recomputed from
-    the actual nodes (:func:`adams_bashforth_weights`), which keeps the order."""
+    the actual nodes (:func:`adams_bashforth_weights`), which keeps the order. At a ``jump_t`` the history
+    is dropped and the method starts again with RK4: slopes from before a jump in the field would
+    interpolate across it."""
     uniform = adams_bashforth_coefficients(order)
     out = [y0]
     y = y0
     slopes: list[Tensor] = []  # f_n, f_{n-1}, ... newest first
     nodes: list[float] = []  # t_n, t_{n-1}, ...
     steps_h: list[float] = []  # h_n, h_{n-1}, ...
-    for n, (tn, h, lands) in enumerate(_fixed_steps(t_list, counts)):
-        f = func(torch.tensor(tn, dtype=y0.dtype, device=y0.device), y)
+    for n, (tn, t_next, h, lands, jump0, jump1) in enumerate(_fixed_steps(grid)):
+        if jump0:
+            slopes, nodes, steps_h = [], [], []
+        times = _stage_times(RK4.c, [(tn, t_next, h, jump0, jump1)], y0.dtype, y0.device)
+        f = func(times[0], y)
         if n == 0:
             _check_output(f, y0)
         slopes.insert(0, f)
         nodes.insert(0, tn)
         steps_h.insert(0, h)
         del slopes[order:], nodes[order:], steps_h[order:]
-        if n < order - 1:
-            y = _rk4_from_k1(func, tn, y, h, f)
+        if len(slopes) < order:  # start-up (or restart after a jump) with RK4, its first stage known
+            y = _rk_combine(y, _rk_stages(func, y, h, RK4.a_nonzero, times, [f])[0], h, RK4.b_nonzero)
         else:
             if all(abs(hj - h) <= 1e-12 * abs(h) for hj in steps_h[1:]):
                 beta = uniform

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -80,6 +80,9 @@ class ButcherTableau:
     b_error: tuple[float, ...] | None = None
     error_order: int | None = None
     dense: tuple[tuple[float, ...], ...] | None = None
+    # the nonzero entries (j, a_ij) of each row of A and (j, b_j) of b, which the stage loop uses
+    a_nonzero: tuple[tuple[tuple[int, float], ...], ...] = field(init=False, repr=False, compare=False)
+    b_nonzero: tuple[tuple[int, float], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -102,6 +105,8 @@ class ButcherTableau:
         if len(self.b) != s:
             raise ValueError(f"tableau {self.name!r}: b has length {len(self.b)}, expected {s}")
         object.__setattr__(self, "b", tuple(float(x) for x in self.b))
+        if not any(self.b):
+            raise ValueError(f"tableau {self.name!r}: every weight of b is zero")
         if self.b_error is not None:
             if len(self.b_error) != s:
                 raise ValueError(f"tableau {self.name!r}: b_error has length {len(self.b_error)}, expected {s}")
@@ -110,6 +115,9 @@ class ButcherTableau:
                 object.__setattr__(self, "error_order", self.order - 1)
         if self.dense is not None and len(self.dense) != s:
             raise ValueError(f"tableau {self.name!r}: dense has {len(self.dense)} rows, expected {s}")
+        nonzero = tuple(tuple((j, aij) for j, aij in enumerate(row) if aij != 0.0) for row in self.a)
+        object.__setattr__(self, "a_nonzero", nonzero)
+        object.__setattr__(self, "b_nonzero", tuple((j, bj) for j, bj in enumerate(self.b) if bj != 0.0))
 
     @property
     def stages(self) -> int:
@@ -226,8 +234,10 @@ _TORCHDIFFEQ_NAMES = {
     "dopri5": "dopri5",
 }
 
-_FIXED_OPTIONS = ("step_size", "max_num_steps", "stats")
-_ADAPTIVE_OPTIONS = ("first_step", "max_step", "max_num_steps", "safety", "ifactor", "dfactor", "beta", "stats")
+_FIXED_OPTIONS = ("step_size", "jump_t", "step_t", "max_num_steps", "stats")
+_ADAPTIVE_OPTIONS = (
+    "first_step", "max_step", "jump_t", "step_t", "max_num_steps", "safety", "ifactor", "dfactor", "beta", "stats"
+)
 DEFAULT_MAX_NUM_STEPS = 1_000_000
 
 
@@ -244,17 +254,66 @@ def euler_step(func: Func, t: Tensor | float, y: Tensor, h: float) -> Tensor:
 def rk_step(func: Func, t: Tensor | float, y: Tensor, h: float, tableau: ButcherTableau) -> Tensor:
     r"""One explicit Runge-Kutta step of size ``h`` with ``tableau`` (see :class:`ButcherTableau`)."""
     t = float(t)
-    ks: list[Tensor] = []
-    for i in range(tableau.stages):
+    times = _stage_times(tableau.c, [(t, t + h, h, False, False)], y.dtype, y.device)
+    return _rk_combine(y, _rk_stages(func, y, h, tableau.a_nonzero, times, [])[0], h, tableau.b_nonzero)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Runge-Kutta stage loop (shared by every Runge-Kutta path of dedl.solvers)
+# --------------------------------------------------------------------------------------------------
+
+# One step for the stage-time builder: (t_n, t_{n+1}, h, jump at t_n, jump at t_{n+1}).
+Step = tuple[float, float, float, bool, bool]
+
+
+def _stage_times(c: Sequence[float], steps: Sequence[Step], dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+    """The stage times ``t_n + c_i h`` of one or more steps as 0-d tensors (made in one tensor, then split).
+
+    A stage with ``c_i = 1`` is evaluated at ``t_{n+1}`` exactly. Where the field jumps at an end of the
+    step (``jump_t``) the stages there are moved one unit in the last place into the step (``nextafter``,
+    as torchdiffeq's ``perturb``): ``c_i = 0`` stages see the right limit at ``t_n``, ``c_i = 1`` stages
+    the left limit at ``t_{n+1}`` (for a backward step, the mirror images), so that a step never reads
+    the field on the far side of a jump (Hairer et al. 1993, Sec. II.6, 'discontinuities')."""
+    values = [t1 if ci == 1.0 else t0 + ci * h for t0, t1, h, _, _ in steps for ci in c]
+    times = torch.tensor(values, dtype=dtype, device=device)
+    nudged, toward = [], []
+    for n, (t0, t1, _, jump0, jump1) in enumerate(steps):
+        for i, ci in enumerate(c):
+            if (jump0 and ci == 0.0) or (jump1 and ci == 1.0):
+                nudged.append(n * len(c) + i)
+                toward.append(t1 if ci == 0.0 else t0)
+    if nudged:
+        index = torch.tensor(nudged, device=device)
+        times[index] = torch.nextafter(times[index], torch.tensor(toward, dtype=dtype, device=device))
+    return list(times.unbind())
+
+
+def _rk_stages(
+    func: Func, y: Tensor, h: float, a_nonzero: Sequence[Sequence[tuple[int, float]]], times: Sequence[Tensor],
+    ks: list[Tensor],
+) -> tuple[list[Tensor], Tensor]:
+    r"""Append the stages :math:`k_i = f(t_n + c_i h, y_n + h \sum_{j<i} a_{ij} k_j)` to ``ks``, from stage
+    ``len(ks)`` (a known first stage, e.g. FSAL, is passed in ``ks``) to the last. Returns ``ks`` and the last
+    stage's argument (``y_{n+1}`` itself for a FSAL tableau)."""
+    u = y
+    for i in range(len(ks), len(a_nonzero)):
+        terms = a_nonzero[i]
         u = y
-        for j, aij in enumerate(tableau.a[i]):
-            if aij != 0.0:
-                u = torch.add(u, ks[j], alpha=h * aij)
-        ks.append(func(torch.tensor(t + tableau.c[i] * h, dtype=y.dtype, device=y.device), u))
-    out = y
-    for bi, k in zip(tableau.b, ks):
-        if bi != 0.0:
-            out = torch.add(out, k, alpha=h * bi)
+        if terms:
+            j, aij = terms[0]
+            u = torch.add(y, ks[j], alpha=h * aij)
+            for j, aij in terms[1:]:
+                u.add_(ks[j], alpha=h * aij)
+        ks.append(func(times[i], u))
+    return ks, u
+
+
+def _rk_combine(y: Tensor, ks: Sequence[Tensor], h: float, weights: Sequence[tuple[int, float]]) -> Tensor:
+    r""":math:`y + h \sum_j w_j k_j` over the nonzero weights ``(j, w_j)`` (the step, or its error estimate)."""
+    (j, w), *rest = weights
+    out = torch.add(y, ks[j], alpha=h * w)
+    for j, w in rest:
+        out.add_(ks[j], alpha=h * w)
     return out
 
 
@@ -329,7 +388,34 @@ def _check_options(options: dict | None, valid: Sequence[str], method_name: str)
             if value <= 0:
                 raise ValueError(f"{key} must be > 0, got {value!r}")
             options[key] = value
+    for key in ("jump_t", "step_t"):
+        if options.get(key) is not None:
+            options[key] = _check_time_points(key, options[key])
     return options
+
+
+def _check_time_points(name: str, points: Any) -> tuple[float, ...]:
+    """``jump_t`` / ``step_t``: a 1-D sequence or tensor of finite times, returned as floats."""
+    try:
+        points = torch.as_tensor(points.detach() if isinstance(points, Tensor) else points, dtype=torch.float64)
+    except Exception as err:  # noqa: BLE001 - re-raised with a clear message
+        raise TypeError(f"options[{name!r}] must be a 1-D sequence or tensor of times") from err
+    if points.ndim != 1:
+        raise ValueError(f"options[{name!r}] must be 1-D, got shape {tuple(points.shape)}")
+    if not bool(torch.isfinite(points).all()):
+        raise ValueError(f"options[{name!r}] must be finite, got NaN or Inf")
+    return tuple(points.tolist())
+
+
+def _stops(t_list: list[float], options: dict) -> tuple[list[float], frozenset[float]]:
+    """Where steps must end: the ``step_t`` and ``jump_t`` strictly inside ``(t[0], t[-1])``, in the order of
+    integration; and the ``jump_t`` in the closed span (a jump at an end still makes the stages there one-sided).
+    Times outside the span are ignored, as torchdiffeq does."""
+    t0, t1 = t_list[0], t_list[-1]
+    lo, hi = min(t0, t1), max(t0, t1)
+    jumps = frozenset(x for x in options.get("jump_t") or () if lo <= x <= hi)
+    stops = {x for x in (*(options.get("step_t") or ()), *jumps) if lo < x < hi}
+    return sorted(stops, reverse=t1 < t0), jumps
 
 
 def _check_output(k: Any, y: Tensor) -> None:
@@ -361,68 +447,65 @@ def _check_finite(solution: Tensor, t: Tensor) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fixed_counts(t_list: list[float], step_size: float | None, max_num_steps: int) -> list[int]:
-    """The number of steps in each interval ``[t_i, t_{i+1}]`` of the output times.
+# A segment of the fixed grid: (start, end, number of equal steps, end is an output time, jump at start, at end).
+Segment = tuple[float, float, int, bool, bool, bool]
 
-    Without ``step_size`` each interval is one step. With it, each interval is cut into
-    ``ceil(|t_{i+1} - t_i| / step_size)`` equal steps, so that steps land exactly on every output time
-    (no interpolation) and no step is longer than ``step_size``.
+
+def _fixed_grid(t_list: list[float], options: dict) -> list[Segment]:
+    """The fixed-step grid: the output times and the ``step_t`` / ``jump_t`` between them cut the span into
+    segments; each is one step, or with ``step_size`` it is cut into ``ceil(|b - a| / step_size)`` equal steps,
+    so that steps land exactly on every output and jump time (no interpolation) and none is longer than
+    ``step_size``. Raises ``RuntimeError`` before the solve when the grid has more than ``max_num_steps`` steps.
     """
-    if step_size is None:
-        counts = [1] * (len(t_list) - 1)
-    else:
-        counts = [max(1, math.ceil(abs(b - a) / step_size * (1 - 1e-10))) for a, b in zip(t_list[:-1], t_list[1:])]
-    total = sum(counts)
-    if total > max_num_steps:
+    stops, jumps = _stops(t_list, options)
+    outputs = set(t_list)
+    points = sorted(outputs.union(stops), reverse=t_list[-1] < t_list[0])
+    step_size = options.get("step_size")
+    grid = []
+    for a, b in zip(points[:-1], points[1:]):
+        n = 1 if step_size is None else max(1, math.ceil(abs(b - a) / step_size * (1 - 1e-10)))
+        grid.append((a, b, n, b in outputs, a in jumps, b in jumps))
+    total = sum(segment[2] for segment in grid)
+    if total > options["max_num_steps"]:
         raise RuntimeError(
-            f"max_num_steps exceeded: the fixed grid needs {total} steps but max_num_steps = {max_num_steps}"
+            f"max_num_steps exceeded: the fixed grid needs {total} steps but max_num_steps = {options['max_num_steps']}"
         )
-    return counts
+    return grid
 
 
-def _fixed_steps(t_list: list[float], counts: list[int]) -> Iterator[tuple[float, float, bool]]:
-    """Yield ``(t_n, h_n, lands_on_an_output_time)`` for every step, lazily (memory independent of the
-    number of steps, which the adjoint relies on)."""
-    for (a, b), n in zip(zip(t_list[:-1], t_list[1:]), counts):
+def _fixed_steps(grid: list[Segment]) -> Iterator[tuple[float, float, float, bool, bool, bool]]:
+    """Yield ``(t_n, t_{n+1}, h_n, lands_on_an_output_time, jump at t_n, jump at t_{n+1})`` for every step, lazily
+    (memory independent of the number of steps, which the adjoint relies on)."""
+    for a, b, n, output, jump_a, jump_b in grid:
         d = (b - a) / n
         for j in range(n):
-            yield a + j * d, d, j == n - 1
+            last = j == n - 1
+            yield a + j * d, b if last else a + (j + 1) * d, d, output and last, jump_a and j == 0, jump_b and last
 
 
 _CHUNK = 16  # steps whose stage times are made at once (one tensor, split into 0-d views)
 
 
-def _rk_fixed(func: Func, y0: Tensor, t_list: list[float], counts: list[int], tab: ButcherTableau) -> Tensor:
-    """Integrate with an explicit RK tableau on the fixed grid of ``counts``; the states at ``t_list``.
+def _rk_fixed(func: Func, y0: Tensor, grid: list[Segment], tab: ButcherTableau) -> Tensor:
+    """Integrate with an explicit RK tableau on the fixed ``grid``; the states at the output times.
 
-    The same step as :func:`rk_step`, with the zero entries of ``A`` and ``b`` skipped and the stage
-    times of a chunk of steps made in one tensor (split into 0-d views), so that the loop costs little
-    beyond the ``stages`` evaluations of ``func`` per step. The outputs are stacked once at the end."""
-    plan = [tuple((j, aij) for j, aij in enumerate(row) if aij != 0.0) for row in tab.a]
-    weights = tab.b
-    s = tab.stages
-    steps = _fixed_steps(t_list, counts)
+    The step of :func:`rk_step` (:func:`_rk_stages`), with the stage times of a chunk of steps made in one
+    tensor, so that the loop costs little beyond the ``stages`` evaluations of ``func`` per step. The outputs
+    are stacked once at the end."""
+    steps = _fixed_steps(grid)
     out = [y0]
     y = y0
     first = True
     while chunk := list(itertools.islice(steps, _CHUNK)):
-        times = torch.tensor(
-            [tn + ci * h for tn, h, _ in chunk for ci in tab.c], dtype=y0.dtype, device=y0.device
-        ).unbind()
-        for n, (_, h, lands) in enumerate(chunk):
+        times = _stage_times(tab.c, [(t0, t1, h, j0, j1) for t0, t1, h, _, j0, j1 in chunk], y0.dtype, y0.device)
+        for n, (_, _, h, lands, _, _) in enumerate(chunk):
+            stage_times = times[n * tab.stages : (n + 1) * tab.stages]
             ks: list[Tensor] = []
-            y_next = y
-            for i, terms in enumerate(plan):
-                u = y
-                for j, aij in terms:
-                    u = torch.add(u, ks[j], alpha=h * aij)
-                ks.append(func(times[n * s + i], u))
-                if first:
-                    _check_output(ks[0], y0)
-                    first = False
-                if weights[i] != 0.0:
-                    y_next = torch.add(y_next, ks[i], alpha=h * weights[i])
-            y = y_next
+            if first:  # check func's output once
+                ks.append(func(stage_times[0], y))
+                _check_output(ks[0], y0)
+                first = False
+            y = _rk_combine(y, _rk_stages(func, y, h, tab.a_nonzero, stage_times, ks)[0], h, tab.b_nonzero)
             if lands:
                 out.append(y)
     return torch.stack(out)
@@ -494,18 +577,18 @@ def _rk_adaptive(
     alpha = 1.0 / (q + 1) - 0.75 * beta  # PI controller exponents (Hairer et al. 1993, Sec. IV.2 / dopri5.f)
     eps = torch.finfo(dtype).eps
     s = tab.stages
-    c = tab.c
-    plan = [tuple((j, aij) for j, aij in enumerate(tab.a[i]) if aij != 0.0) for i in range(s)]
-    bw = tuple((j, bj) for j, bj in enumerate(tab.b) if bj != 0.0)
     ew = tuple((j, bj - ej) for j, (bj, ej) in enumerate(zip(tab.b, tab.b_error)) if bj - ej != 0.0)
     fsal = tab.fsal
     dense = tab.dense
+    stops, jumps = _stops(t_list, options)
+    i_stop = 0  # the next stop (step_t or jump_t) to land on
 
-    def tt(x: float) -> Tensor:
-        return torch.tensor(x, dtype=dtype, device=device)
+    def one_sided(x: float, toward: float) -> Tensor:
+        """The time ``x``, one unit in the last place toward ``toward`` where the field jumps at ``x``."""
+        return _stage_times((0.0,), [(x, toward, 0.0, x in jumps, False)], dtype, device)[0]
 
     nfe = 1
-    k1 = func(tt(t0), y0)
+    k1 = func(one_sided(t0, t_end), y0)
     _check_output(k1, y0)
     if options.get("first_step") is not None:
         h = options["first_step"]
@@ -530,27 +613,18 @@ def _rk_adaptive(
                 "the problem may be stiff: loosen rtol/atol, raise options['max_num_steps'] or use another method"
             )
         n_steps += 1
-        last = 1.01 * h >= abs(t_end - t)  # as in Hairer's dopri5.f: stretch by up to 1% to land on t_end
-        if last:
-            h = abs(t_end - t)
+        target = stops[i_stop] if i_stop < len(stops) else t_end
+        # as in Hairer's dopri5.f: stretch by up to 1% to land on t_end (here also on a step_t / jump_t)
+        lands = 1.01 * h >= abs(target - t)
+        if lands:
+            h = abs(target - t)
         hs = direction * h
-        t_new = t_end if last else t + hs
-        ks = [k1]
-        for i in range(1, s):
-            terms = plan[i]
-            j, aij = terms[0]
-            u = torch.add(y, ks[j], alpha=hs * aij)
-            for j, aij in terms[1:]:
-                u.add_(ks[j], alpha=hs * aij)
-            if fsal and i == s - 1:
-                y1 = u
-            ks.append(func(tt(t + c[i] * hs), u))
+        t_new = target if lands else t + hs
+        jump = lands and t_new in jumps  # the stages at t_new see the field's left limit there
+        times = _stage_times(tab.c, [(t, t_new, hs, False, jump)], dtype, device)
+        ks, u = _rk_stages(func, y, hs, tab.a_nonzero, times, [k1])
         nfe += s - 1
-        if not fsal:
-            j, bj = bw[0]
-            y1 = torch.add(y, ks[j], alpha=hs * bj)
-            for j, bj in bw[1:]:
-                y1 = y1.add(ks[j], alpha=hs * bj)
+        y1 = u if fsal else _rk_combine(y, ks, hs, tab.b_nonzero)
         with torch.no_grad():
             j, ej = ew[0]
             err = ks[j] * (hs * ej)
@@ -567,12 +641,19 @@ def _rk_adaptive(
             if stats is not None:
                 step_t.append(t)
                 step_h.append(hs)
-            # next k1: FSAL reuses the last stage, otherwise one evaluation (also needed by Hermite output)
+            # f(t_new, y1) from the left: FSAL reuses the last stage, otherwise one evaluation (Hermite output
+            # needs it); after a jump the next step restarts from the right limit (one more evaluation)
             if fsal:
-                k1_new = ks[-1]
+                f_new = ks[-1]
             else:
-                k1_new = func(tt(t_new), y1)
+                f_new = func(one_sided(t_new, t), y1)
                 nfe += 1
+            k1_new = f_new
+            if jump and t_new != t_end:
+                k1_new = func(one_sided(t_new, t_end), y1)
+                nfe += 1
+            if lands and t_new != t_end:
+                i_stop += 1
             # outputs in (t, t_new]
             while j_out < n_out and (t_list[j_out] - t_new) * direction <= 0:
                 tj = t_list[j_out]
@@ -580,7 +661,7 @@ def _rk_adaptive(
                     out.append(y1)
                 else:
                     theta = (tj - t) / hs
-                    out.append(_interpolate(y, y1, ks, k1_new, hs, theta, dense))
+                    out.append(_interpolate(y, y1, ks, f_new, hs, theta, dense))
                 j_out += 1
             # PI controller (Gustafsson; Hairer et al. 1993, Sec. IV.2): h <- h * safety * err^-alpha * err_old^beta
             factor = ifactor if ratio == 0.0 else safety * ratio ** (-alpha) * err_old**beta
@@ -671,6 +752,19 @@ def odeint(
               output time (no interpolation). Without it, the steps are the intervals of ``t``.
             * ``max_num_steps`` (default 1,000,000): checked before the solve starts.
 
+            Both kinds (as torchdiffeq's adaptive solvers; diffrax calls them ``step_ts`` / ``jump_ts``):
+
+            * ``jump_t``: times where ``func`` jumps in ``t`` (e.g. the knots of a piecewise-linear control,
+              :func:`dedl.cde.cdeint`). Steps end exactly on them and never read ``func`` across one: the stages
+              of a step that ends on a jump see the left limit there, the next step starts from the right limit
+              (``t`` moved by one unit in the last place with ``nextafter``; an adaptive FSAL method spends one
+              extra evaluation per jump on the restart). A fixed-step method's steps are cut at the jumps, and a
+              multistep method starts again with RK4 after each.
+            * ``step_t``: times that steps must end on, with no restart (where ``func`` is continuous but not
+              smooth).
+
+            Times outside the span of ``t`` are ignored; the values are read as float64.
+
             Adaptive methods:
 
             * ``first_step``: the first step size (default: Hairer's algorithm, one extra evaluation).
@@ -733,10 +827,9 @@ def _solve(
         opts = _check_options(options, _FIXED_OPTIONS, method)
         if len(t_list) == 1:
             return y0.unsqueeze(0).clone()
-        counts = _fixed_counts(t_list, opts.get("step_size"), opts["max_num_steps"])
         order = int(method[-1])
         counted = _Counter(func)
-        solution = multistep._adams_bashforth_fixed(counted, y0, t_list, counts, order)
+        solution = multistep._adams_bashforth_fixed(counted, y0, _fixed_grid(t_list, opts), order)
         _fill_stats(opts, counted)
     else:
         tab = method if isinstance(method, ButcherTableau) else TABLEAUX[method]
@@ -748,10 +841,11 @@ def _solve(
                 raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
             solution = _rk_adaptive(func, y0, t_list, tab, rtol, atol, opts)
         else:
-            counts = _fixed_counts(t_list, opts.get("step_size"), opts["max_num_steps"])
-            solution = _rk_fixed(func, y0, t_list, counts, tab)
+            grid = _fixed_grid(t_list, opts)
+            solution = _rk_fixed(func, y0, grid, tab)
             if opts.get("stats") is not None:
-                opts["stats"].update(nfe=tab.stages * sum(counts), n_steps=sum(counts))
+                n_steps = sum(segment[2] for segment in grid)
+                opts["stats"].update(nfe=tab.stages * n_steps, n_steps=n_steps)
     _check_finite(solution, t)
     return solution
 
