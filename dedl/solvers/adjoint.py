@@ -68,6 +68,12 @@ class _OdeintAdjoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_ys: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # autograd runs a backward pass with grad enabled only under create_graph=True
+            raise RuntimeError(
+                "odeint_adjoint does not support double backward (create_graph=True): the adjoint ODE is solved "
+                "without recording a graph, so second derivatives would silently be zero. Use odeint "
+                "(backpropagation through the solver) for Hessian-vector products and other higher derivatives"
+            )
         config = ctx.config
         func = config["func"]
         t, ys, *params = ctx.saved_tensors
@@ -139,7 +145,8 @@ def odeint_adjoint(
 
     Gradients flow to ``y0``, to the parameters and to ``t`` (all times; ``dL/dt_i = \langle
     \partial L/\partial y(t_i), f(t_i, y_i)\rangle`` for ``i >= 1`` and
-    ``dL/dt_0 = -\langle a(t_0^+), f(t_0, y_0)\rangle``). Double backward is not supported.
+    ``dL/dt_0 = -\langle a(t_0^+), f(t_0, y_0)\rangle``). Double backward (``create_graph=True``) raises
+    ``RuntimeError``: the backward solve records no graph; :func:`~dedl.solvers.odeint` supports it.
 
     Returns:
         The solution at every time of ``t``, shape ``(len(t), *y0.shape)``.

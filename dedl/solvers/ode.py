@@ -736,8 +736,9 @@ def odeint(
         y0: the initial state, a floating-point tensor of any shape (a batch is just more dimensions).
             The solution has its dtype and device.
         t: 1-D, strictly increasing or strictly decreasing times (decreasing integrates backward);
-            ``t[0]`` is the initial time. ``t`` is treated as a constant: no gradient flows into it
-            (:func:`dedl.solvers.odeint_adjoint` supports gradients with respect to ``t``).
+            ``t[0]`` is the initial time. When ``t`` requires grad, gradients flow into it: those of the exact flow,
+            :math:`\partial y(t_i)/\partial t_i = f(t_i, y_i)` and the shift of the whole trajectory by
+            :math:`t_0` (``N + 1`` extra evaluations; first derivatives only), as :func:`odeint_adjoint` gives.
         method: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``, ``"rk4_38"`` (fixed step);
             ``"adams_bashforth2"``, ``"adams_bashforth3"``, ``"adams_bashforth4"`` (fixed step, linear
             multistep, started with RK4); ``"bosh3"``, ``"dopri5"`` (adaptive); or a
@@ -803,11 +804,34 @@ def odeint(
         raise ValueError(f"unknown backend {backend!r}; valid backends are {', '.join(map(repr, BACKENDS))}")
     if backend == "torchdiffeq":
         return _torchdiffeq_call("odeint", func, y0, t, method, rtol, atol, options)
+    t_in = t
     y0, t = _check_y0_t(func, y0, t)
     method = _resolve_method(method)
     _check_tol("rtol", rtol)
     _check_tol("atol", atol)
+    if isinstance(t_in, Tensor) and t_in.requires_grad and torch.is_grad_enabled():
+        solve = lambda z0: _solve(func, z0, t, method, rtol, atol, options)  # noqa: E731
+        return _with_time_gradient(func, y0, t, t_in.to(y0.device), solve)
     return _solve(func, y0, t, method, rtol, atol, options)
+
+
+def _with_time_gradient(
+    func: Func, y0: Tensor, t: Tensor, t_grad: Tensor, solve: Callable[[Tensor], Tensor]
+) -> Tensor:
+    r"""``solve(y0)`` with the gradient with respect to the times attached (Chen et al. 2018 {cite}`chen2018neural`,
+    App. B.2): :math:`\partial y(t_i)/\partial t_i = f(t_i, y(t_i))` for :math:`i \ge 1`, and moving :math:`t_0`
+    shifts the whole trajectory, :math:`\partial y(t_i)/\partial t_0 = -\Phi_{t_0}^{t_i}\, f(t_0, y_0)` (the
+    flow's Jacobian applied to :math:`f_0`), which is what feeding :math:`y_0 - \delta t_0\, f_0` to the solver gives.
+    Written as zero-valued terms ``(t - t.detach()) f``, so the values are unchanged and backpropagation through
+    the solve supplies :math:`\Phi`; ``N + 1`` more evaluations of ``func``. Second derivatives with respect to
+    ``t`` are not supported (the ``f`` values are constants of the graph)."""
+    shift = (t_grad - t_grad.detach()).to(y0.dtype).view(-1, *([1] * y0.dim()))  # zero, carrying d/dt
+    with torch.no_grad():
+        f0 = func(t[0].to(y0.dtype), y0)
+    ys = solve(y0 - shift[0] * f0)
+    with torch.no_grad():
+        fs = torch.stack([f0] + [func(ti.to(y0.dtype), yi) for ti, yi in zip(t[1:], ys[1:])])
+    return ys + shift * fs
 
 
 def _solve(
