@@ -304,9 +304,12 @@ def test_default_call_draws_all_increments_with_one_randn(monkeypatch):
 
     monkeypatch.setattr(torch, "randn", counting_randn)
     y0 = torch.ones(256, 2)
-    ys = sdeint(NonlinearDiagonal(), y0, torch.tensor([0.0, 1.0]), dt=0.01, seed=0)
+    ys = sdeint(NonlinearDiagonal(), y0, torch.tensor([0.0, 1.0]), method="euler", dt=0.01, seed=0)
     assert ys.shape == (2, 256, 2) and ys.dtype == torch.float32
     assert len(calls) == 1 and tuple(calls[0][0]) == (100, 256, 2)
+    # srk (the Itô default) draws dW and I_(1,0) together
+    ys = sdeint(NonlinearDiagonal(), y0, torch.tensor([0.0, 1.0]), dt=0.01, seed=0)
+    assert len(calls) == 2 and tuple(calls[1][0]) == (100, 2, 256, 2)
 
 
 def test_seed_and_global_rng_make_runs_repeat():
@@ -541,7 +544,7 @@ def test_bm_increments_of_the_wrong_shape():
         return torch.zeros(4, 3, dtype=DTYPE)
 
     with pytest.raises(ValueError, match=r"increment of shape \(4, 3\); expected \(batch, m\) = \(4, 2\)"):
-        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, bm=bad_bm)
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], method="euler", dt=0.1, bm=bad_bm)
     with pytest.raises(ValueError, match=r"bm has shape \(4, 1\)"):
         sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, bm=BrownianPath(0.0, 1.0, (4, 1), levels=3))
 
@@ -630,13 +633,15 @@ def test_called_positionally_and_by_keyword_as_torchsdes_docs_write_it():
     torch.testing.assert_close(by_keyword, theirs, rtol=1e-12, atol=1e-12)
 
 
-def test_default_methods():
-    """Itô: euler (a difference from torchsde, stated in the docstring); Stratonovich: midpoint, as torchsde."""
-    y0, bm = Y0, BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=0, dtype=DTYPE)
-    for sde_type, method in [("ito", "euler"), ("stratonovich", "midpoint")]:
-        sde = NonlinearDiagonal(sde_type)
-        expected = sdeint(sde, y0, [0.0, 1.0], bm, method, 2**-5)
-        torch.testing.assert_close(sdeint(sde, y0, [0.0, 1.0], bm, dt=2**-5), expected, rtol=0, atol=0)
+def test_default_methods_are_torchsdes():
+    """Itô: srk, euler for general noise; Stratonovich: midpoint."""
+    bm = BrownianPath(0.0, 1.0, (4, 2), levels=5, seed=0, dtype=DTYPE, levy_area_approximation="space-time")
+    bm3 = BrownianPath(0.0, 1.0, (4, 3), levels=5, seed=0, dtype=DTYPE)
+    cases = [(NonlinearDiagonal("ito"), bm, "srk"), (NonlinearDiagonal("stratonovich"), bm, "midpoint"),
+             (GeneralNoise("ito"), bm3, "euler")]
+    for sde, path, method in cases:
+        expected = sdeint(sde, Y0, [0.0, 1.0], path, method, 2**-5)
+        torch.testing.assert_close(sdeint(sde, Y0, [0.0, 1.0], path, dt=2**-5), expected, rtol=0, atol=0)
 
 
 def test_torchsde_backend_hands_over_the_call_unresolved():
@@ -838,3 +843,210 @@ def test_extra_returns_the_solver_state_last():
 def test_adaptive_is_refused_clearly():
     with pytest.raises(NotImplementedError, match="fixed dt only"):
         sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], dt=0.1, adaptive=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# srk (Rößler 2010) and reversible Heun (Kidger et al. 2021); the space-time area of BrownianPath
+# --------------------------------------------------------------------------------------------------------------
+
+
+def space_time_path(batch, m, seed, levels=10):
+    return BrownianPath(
+        0.0, 1.0, (batch, m), levels=levels, seed=seed, dtype=DTYPE, levy_area_approximation="space-time"
+    )
+
+
+def test_brownian_path_space_time_area_has_the_right_law():
+    """(dW, U) over [a, b]: Var dW = h, Var U = h^3/3, Cov = h^2/2, on and off the grid (Brownian bridge of (W, V))."""
+    bm = space_time_path(40_000, 1, seed=0, levels=4)
+    for a, b in [(0.0, 1.0), (0.25, 0.5), (0.3, 0.34), (0.301, 0.302)]:
+        w, u = bm(a, b, return_U=True)
+        h = b - a
+        assert abs(w.var().item() / h - 1) < 0.03
+        assert abs(u.var().item() / (h**3 / 3) - 1) < 0.03
+        assert abs((w * u).mean().item() / (h**2 / 2) - 1) < 0.03
+    w, u = bm(0.6, 0.7, return_U=True)  # the space-time Levy area U/h - dW/2 is independent of dW
+    assert abs(torch.corrcoef(torch.stack([(u / 0.1 - w / 2)[:, 0], w[:, 0]]))[0, 1].item()) < 0.03
+
+
+def test_brownian_path_space_time_area_is_consistent_under_refinement():
+    """U_{a,c} = U_{a,b} + U_{b,c} + (c - b) W_{a,b}, at any points; the grid increments are those of 'none'."""
+    bm = space_time_path(5, 2, seed=1, levels=3)
+    points = [0.0, 0.013, 0.2, 0.37, 0.5, 0.77, 1.0]
+    w_total, u_total = bm(0.0, 1.0, return_U=True)
+    w, u = torch.zeros_like(w_total), torch.zeros_like(u_total)
+    for a, b in zip(points[:-1], points[1:]):
+        wi, ui = bm(a, b, return_U=True)
+        w, u = w + wi, u + ui + (b - a) * w
+    torch.testing.assert_close(w, w_total, rtol=0, atol=1e-13)
+    torch.testing.assert_close(u, u_total, rtol=0, atol=1e-13)
+    plain = BrownianPath(0.0, 1.0, (5, 2), levels=3, seed=1, dtype=DTYPE)
+    torch.testing.assert_close(bm(0.25, 0.75), plain(0.25, 0.75), rtol=0, atol=0)
+
+
+def test_brownian_path_space_time_bad_input():
+    with pytest.raises(ValueError, match="levy_area_approximation must be 'none' or 'space-time'"):
+        BrownianPath(0.0, 1.0, (2, 1), levy_area_approximation="foster")
+    with pytest.raises(ValueError, match="return_U needs"):
+        BrownianPath(0.0, 1.0, (2, 1), levels=2)(0.0, 0.5, return_U=True)
+    with pytest.raises(ValueError, match="no Levy area A"):
+        space_time_path(2, 1, seed=0, levels=2)(0.0, 0.5, return_A=True)
+
+
+def test_srk_strong_order_one_and_a_half_on_gbm():
+    sde, batch = GBM(), 4000
+    bm = space_time_path(batch, 1, seed=0)
+    y0 = torch.ones(batch, 1, dtype=DTYPE)
+    exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+    errors = [(sdeint(sde, y0, [0.0, 1.0], bm, "srk", h)[-1] - exact).abs().mean().item() for h in STEPS]
+    assert abs(slope(STEPS, errors) - 1.5) <= 0.15, errors
+
+
+class LinearScalarSDE(LinearScalar):
+    """LinearScalar in the Itô or the Stratonovich sense: dY = a Y dt + B Y dW, or with o dW (no -B^2/2)."""
+
+    def __init__(self, sde_type="ito"):
+        self.sde_type = sde_type
+
+    def exact(self, y0, w, t):
+        eye = torch.eye(2, dtype=DTYPE)
+        correction = 0.5 * self.B @ self.B if self.sde_type == "ito" else 0 * eye
+        m = (self.a * eye - correction)[None] * t + w[:, :, None] * self.B[None]
+        return (torch.linalg.matrix_exp(m) @ y0.unsqueeze(-1)).squeeze(-1)
+
+
+def scalar_errors(sde, method, batch=2000):
+    bm = space_time_path(batch, 1, seed=1)
+    y0 = torch.ones(batch, 2, dtype=DTYPE)
+    exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+    return [(sdeint(sde, y0, [0.0, 1.0], bm, method, h)[-1] - exact).norm(dim=-1).mean().item() for h in STEPS]
+
+
+def test_srk_strong_order_one_and_a_half_with_scalar_noise():
+    errors = scalar_errors(LinearScalarSDE("ito"), "srk")
+    assert abs(slope(STEPS, errors) - 1.5) <= 0.15, errors
+
+
+class ForcedOU:
+    """dX = (-X + sin 3t) dt + 0.8 dW, additive noise (the same SDE in either sense)."""
+
+    noise_type, theta, sigma = "additive", 1.0, 0.8
+
+    def __init__(self, sde_type="ito"):
+        self.sde_type = sde_type
+
+    def f(self, t, y):
+        return -self.theta * y + torch.sin(3 * t)
+
+    def g(self, t, y):
+        return torch.full((y.shape[0], 1, 1), self.sigma, dtype=y.dtype)
+
+    def exact(self, bm, y0):
+        """X_1 = e^{-1} X_0 + int_0^1 e^{-(1-s)} sin 3s ds + sigma int_0^1 e^{-(1-s)} dW_s, the last integral cell by
+        cell of the path's grid from (dW, U): int_a^b e^{-(b-s)} dW_s = e^{-h}(dW + h dW - U) + O(h^{5/2})."""
+        n = bm.n_cells
+        h = 1.0 / n
+        dw, du = bm._increments([k * h for k in range(n + 1)], DTYPE)
+        decay = torch.exp(-(1.0 - torch.arange(1, n + 1, dtype=DTYPE) * h))[:, None, None]
+        stochastic = (decay * math.exp(-h) * (dw + h * dw - du)).sum(0)
+        deterministic = (math.sin(3) - 3 * math.cos(3) + 3 / math.e) / 10  # int_0^1 e^{s-1} sin 3s ds, by parts
+        return math.exp(-1.0) * y0 + deterministic + self.sigma * stochastic
+
+
+def additive_errors(sde, method, batch=4000):
+    bm = space_time_path(batch, 1, seed=2)
+    y0 = torch.ones(batch, 1, dtype=DTYPE)
+    exact = sde.exact(bm, y0)
+    return [(sdeint(sde, y0, [0.0, 1.0], bm, method, h)[-1] - exact).abs().mean().item() for h in STEPS]
+
+
+def test_srk_additive_noise_order_at_least_one_and_a_half_ito_and_stratonovich():
+    """SRA1: strong order 1.5 in general; on this drift, linear in X, the measured slope is 2."""
+    ito = additive_errors(ForcedOU("ito"), "srk")
+    assert slope(STEPS, ito) >= 1.5 - 0.15, ito
+    assert additive_errors(ForcedOU("stratonovich"), "srk") == ito  # Itô and Stratonovich coincide
+
+
+def test_reversible_heun_strong_orders():
+    """Order 1 for additive noise (Kidger et al. 2021); measured 1 on dY = B Y o dW (scalar noise, d = 2) and GBM."""
+    assert abs(slope(STEPS, additive_errors(ForcedOU("stratonovich"), "reversible_heun")) - 1.0) <= 0.15
+    assert abs(slope(STEPS, scalar_errors(LinearScalarSDE("stratonovich"), "reversible_heun")) - 1.0) <= 0.15
+    assert abs(slope(STEPS, strong_errors(GBM(sde_type="stratonovich"), "reversible_heun")) - 1.0) <= 0.15
+
+
+@pytest.mark.parametrize(
+    "sde,m",
+    [(NonlinearDiagonal("ito"), 2), (LinearScalarSDE("ito"), 1), (ForcedOU("ito"), 1)],
+    ids=["diagonal", "scalar", "additive"],
+)
+def test_srk_agrees_with_torchsde_on_the_same_brownian_path(sde, m):
+    batch = 32
+    bm = space_time_path(batch, m, seed=3, levels=8)
+    y0 = torch.randn(batch, 2 if m == 2 or isinstance(sde, LinearScalarSDE) else 1, dtype=DTYPE,
+                     generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+    ours = sdeint(sde, y0, ts, bm, "srk", 2**-6)
+    torch.testing.assert_close(ours, torchsde.sdeint(sde, y0, ts, bm, "srk", 2**-6), rtol=1e-10, atol=1e-10)
+    # and on torchsde's own Brownian motion
+    def interval():
+        return torchsde.BrownianInterval(0.0, 1.0, size=(batch, m), dtype=DTYPE, entropy=5,
+                                         levy_area_approximation="space-time")
+
+    ours = sdeint(sde, y0, ts, interval(), "srk", 2**-6)
+    torch.testing.assert_close(ours, torchsde.sdeint(sde, y0, ts, interval(), "srk", 2**-6), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sde,m", [(NonlinearDiagonal("stratonovich"), 2), (GeneralNoise("stratonovich"), 3)])
+def test_reversible_heun_agrees_with_torchsde_and_continues_from_its_state(sde, m):
+    batch = 16
+    bm = BrownianPath(0.0, 1.0, (batch, m), levels=8, seed=4, dtype=DTYPE)
+    y0 = torch.ones(batch, 2, dtype=DTYPE) * 0.5
+    ts = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+    ours, state = sdeint(sde, y0, ts, bm, "reversible_heun", 2**-6, extra=True)
+    theirs, their_state = torchsde.sdeint(sde, y0, ts, bm, "reversible_heun", 2**-6, extra=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    for a, b in zip(state, their_state):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # two solves, the second started from the first's state, are the one solve
+    first, mid_state = sdeint(sde, y0, ts[:2], bm, "reversible_heun", 2**-6, extra=True)
+    second = sdeint(sde, first[-1], ts[1:], bm, "reversible_heun", 2**-6, extra_solver_state=mid_state)
+    torch.testing.assert_close(second[-1], ours[-1], rtol=0, atol=1e-13)
+
+
+def test_reversible_heun_is_algebraically_reversible():
+    """(Y_n, Z_n) comes back from (Y_{n+1}, Z_{n+1}) by running the step backwards (Kidger et al. 2021)."""
+    sde, batch, h = NonlinearDiagonal("stratonovich"), 8, 0.1
+    y = torch.randn(batch, 2, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    t0, t1 = torch.tensor(0.3, dtype=DTYPE), torch.tensor(0.4, dtype=DTYPE)
+    dw = BrownianPath(0.0, 1.0, (batch, 2), levels=4, seed=5, dtype=DTYPE)(0.3, 0.4)
+    from dedl.solvers.sde import reversible_heun_step
+
+    z = y + 0.1
+    state = (sde.f(t0, z), sde.g(t0, z), z)
+    y1, (f1, g1, z1) = reversible_heun_step(sde, t1, y, h, dw, state, "diagonal")
+    # backwards: Z_n = 2 Y_{n+1} - Z_{n+1} - f(t1, Z1) h - g(t1, Z1) dW, then Y_n from the Y update
+    z0 = 2 * y1 - z1 - f1 * h - g1 * dw
+    f0, g0 = sde.f(t0, z0), sde.g(t0, z0)
+    y0 = y1 - (f0 + f1) * (h / 2) - (g0 + g1) * dw / 2
+    torch.testing.assert_close(z0, z, rtol=0, atol=1e-14)
+    torch.testing.assert_close(y0, y, rtol=0, atol=1e-14)
+
+
+def test_srk_needs_the_space_time_area():
+    with pytest.raises(ValueError, match="levy_area_approximation='space-time'"):
+        sdeint(NonlinearDiagonal(), Y0, [0.0, 1.0], BrownianPath(0.0, 1.0, (4, 2), levels=3, dtype=DTYPE), "srk", 0.1)
+
+
+def test_srk_refuses_general_noise_and_multiplicative_stratonovich():
+    with pytest.raises(ValueError, match="does not support general noise for ito SDEs"):
+        sdeint(GeneralNoise(), Y0, [0.0, 1.0], method="srk", dt=0.1)
+    with pytest.raises(ValueError, match="does not support diagonal noise for stratonovich SDEs"):
+        sdeint(NonlinearDiagonal("stratonovich"), Y0, [0.0, 1.0], method="srk", dt=0.1)
+
+
+def test_reversible_heun_refuses_an_ito_sde_and_a_bad_state():
+    with pytest.raises(ValueError, match="'reversible_heun' does not solve ito SDEs"):
+        sdeint(NonlinearDiagonal("ito"), Y0, [0.0, 1.0], method="reversible_heun", dt=0.1)
+    with pytest.raises(ValueError, match=r"is \(f, g, z\)"):
+        sdeint(NonlinearDiagonal("stratonovich"), Y0, [0.0, 1.0], method="reversible_heun", dt=0.1,
+               extra_solver_state=(Y0,))

@@ -12,13 +12,19 @@ and it stands for :math:`dY_t = f(t, Y_t)\\,dt + g(t, Y_t)\\,dW_t`, read in the 
 where :math:`W` is an ``m``-dimensional Brownian motion (``m = d`` for diagonal noise, ``m = 1`` for scalar noise).
 
 :func:`sdeint` mirrors ``torchsde.sdeint`` {cite}`li2020scalable` (torchsde's arguments and shapes, with the
-differences listed first in its docstring; ``backend="torchsde"`` hands the call over), with four fixed-step methods
-from {cite}`kloeden1992numerical`:
+differences listed first in its docstring; ``backend="torchsde"`` hands the call over), with six fixed-step methods
+({cite}`kloeden1992numerical` unless stated):
 
 * ``euler`` (Euler-Maruyama): Itô; every noise type; strong order 1/2 (1 for additive noise), weak order 1.
 * ``milstein``: Itô or Stratonovich; diagonal, scalar, additive noise; strong order 1, weak order 1.
+* ``srk`` (Rößler's stochastic Runge-Kutta {cite}`rossler2010runge`): Itô with diagonal, scalar or additive noise,
+  and Stratonovich with additive noise (where the two coincide); strong order 1.5. Needs :math:`I_{(1,0)}`, the
+  time integral of the path: a :class:`BrownianPath` or ``torchsde.BrownianInterval`` with
+  ``levy_area_approximation="space-time"`` (``sdeint`` draws it itself when ``bm`` is None).
 * ``heun`` (stochastic Heun): Stratonovich; every noise type; strong order 1 (1/2 for general noise), weak order 1.
 * ``midpoint``: Stratonovich; as ``heun``.
+* ``reversible_heun`` {cite}`kidger2021efficient`: Stratonovich; every noise type; strong order 1/2 (1 for additive
+  noise); one drift and diffusion evaluation a step, algebraically reversible.
 
 :class:`BrownianPath` is one fixed sample path of Brownian motion that answers queries at any step size with the
 same underlying path, so that strong errors can be measured on one path at several step sizes.
@@ -42,6 +48,10 @@ __all__ = [
     "milstein_step",
     "heun_step",
     "midpoint_step",
+    "srk_step",
+    "reversible_heun_step",
+    "SRI_TABLEAU",
+    "SRA_TABLEAU",
     "METHODS",
     "NOISE_TYPES",
     "SDE_TYPES",
@@ -52,17 +62,24 @@ NOISE_TYPES = ("diagonal", "scalar", "additive", "general")
 SDE_TYPES = ("ito", "stratonovich")
 BACKENDS = ("dedl", "torchsde")
 
-#: Which SDE types and noise types each method accepts.
+_COMMUTATIVE = ("diagonal", "scalar", "additive")
+# torchsde's Levy-area settings of a Brownian motion that provide U (the space-time area and more).
+_SPACE_TIME = ("space-time", "davie", "foster")
+
+#: The noise types each method accepts, for each SDE type it solves.
 METHODS: dict[str, dict[str, tuple[str, ...]]] = {
-    "euler": {"sde_types": ("ito",), "noise_types": NOISE_TYPES},
-    "milstein": {"sde_types": SDE_TYPES, "noise_types": ("diagonal", "scalar", "additive")},
-    "heun": {"sde_types": ("stratonovich",), "noise_types": NOISE_TYPES},
-    "midpoint": {"sde_types": ("stratonovich",), "noise_types": NOISE_TYPES},
+    "euler": {"ito": NOISE_TYPES},
+    "milstein": {"ito": _COMMUTATIVE, "stratonovich": _COMMUTATIVE},
+    "srk": {"ito": _COMMUTATIVE, "stratonovich": ("additive",)},
+    "heun": {"stratonovich": NOISE_TYPES},
+    "midpoint": {"stratonovich": NOISE_TYPES},
+    "reversible_heun": {"stratonovich": NOISE_TYPES},
 }
 
 #: Strong order of each method for commutative noise (diagonal, scalar, additive). Additive noise lifts Euler to 1;
-#: general noise drops Heun and midpoint to 1/2.
-STRONG_ORDER = {"euler": 0.5, "milstein": 1.0, "heun": 1.0, "midpoint": 1.0}
+#: general noise drops Heun, midpoint and reversible Heun to 1/2. Reversible Heun: 1 is measured on diagonal and
+#: scalar noise (tests/test_sde.py); Kidger et al. (2021) prove 1/2 in general and 1 for additive noise.
+STRONG_ORDER = {"euler": 0.5, "milstein": 1.0, "srk": 1.5, "heun": 1.0, "midpoint": 1.0, "reversible_heun": 1.0}
 
 # Largest number of Gaussian numbers drawn by one randn call when sdeint makes its own increments: the
 # increments for all steps are drawn at once unless that would exceed this, then in as few chunks as fit.
@@ -110,6 +127,16 @@ class BrownianPath:
     :math:`W(t_a) - W(t_0)`). The object also has torchsde's ``shape``, ``dtype``, ``device`` and
     ``levy_area_approximation`` attributes, so it can be passed as ``bm`` to ``torchsde.sdeint`` as well.
 
+    With ``levy_area_approximation="space-time"`` the path also carries its time integral
+    :math:`V(s) = \\int_{t_0}^s W(r)\\,dr`, and ``bm(ta, tb, return_U=True)`` returns
+    :math:`(\\Delta W, U)` with :math:`U = I_{(1,0)} = \\int_{t_a}^{t_b} (W(s) - W(t_a))\\,ds
+    = V(t_b) - V(t_a) - (t_b - t_a) W(t_a)`, the integral that order-1.5 schemes need (torchsde's ``U``; the
+    space-time Lévy area is :math:`U/(t_b - t_a) - \\Delta W/2`). Each grid cell draws :math:`U` jointly with
+    :math:`\\Delta W` (variance :math:`h^3/3`, covariance :math:`h^2/2` {cite}`kloeden1992numerical`, Sec. 10.4),
+    and off the grid :math:`(W, V)`, a Gaussian Markov process, is filled in by its bridge between the nearest known
+    points, so :math:`U` stays consistent under refinement: :math:`U_{a,c} = U_{a,b} + U_{b,c} + (c - b)\\,W_{a,b}`.
+    The grid values of :math:`W` are those of ``"none"`` with the same seed; :math:`V` is held in float64.
+
     Args:
         t0, t1: the time interval, ``t0 < t1``.
         size: shape of one increment, ``(batch, m)`` for :func:`sdeint`.
@@ -119,11 +146,10 @@ class BrownianPath:
         seed: integer seed; ``None`` draws one from torch's global generator (so ``torch.manual_seed`` or
             ``dedl.utils.seed_everything`` makes it reproducible).
         dtype, device: of the increments (default: torch's default dtype, the CPU).
+        levy_area_approximation: ``"none"`` (increments only) or ``"space-time"`` (also :math:`U`, for ``srk``).
 
-    Memory is ``(n_cells + 1) * prod(size)`` numbers.
+    Memory is ``(n_cells + 1) * prod(size)`` numbers, twice that with ``"space-time"``.
     """
-
-    levy_area_approximation = "none"
 
     def __init__(
         self,
@@ -135,7 +161,12 @@ class BrownianPath:
         seed: int | None = None,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        levy_area_approximation: str = "none",
     ):
+        if levy_area_approximation not in ("none", "space-time"):
+            raise ValueError(
+                f"BrownianPath levy_area_approximation must be 'none' or 'space-time', got {levy_area_approximation!r}"
+            )
         t0, t1 = _as_float(t0), _as_float(t1)
         if not (math.isfinite(t0) and math.isfinite(t1)) or not t0 < t1:
             raise ValueError(f"BrownianPath needs finite t0 < t1, got t0={t0}, t1={t1}")
@@ -173,9 +204,19 @@ class BrownianPath:
         gen = torch.Generator(device=device).manual_seed(self.seed)
         dw = torch.randn((n_cells, *size), generator=gen, dtype=dtype, device=device) * math.sqrt(self._h)
         self._w = torch.cat([torch.zeros((1, *size), dtype=dtype, device=device), dw.cumsum(0)])
+        self.levy_area_approximation = levy_area_approximation
+        self._v: Tensor | None = None
+        if levy_area_approximation == "space-time":
+            # U of each cell given its dW: mean h dW / 2, variance h^3/3 - (h^2/2)^2 / h = h^3/12.
+            gen_u = torch.Generator(device=device).manual_seed((self.seed * 6364136223846793005 + 2) % 2**63)
+            z = torch.randn((n_cells, *size), generator=gen_u, dtype=torch.float64, device=device)
+            u = dw.double() * (0.5 * self._h) + z * math.sqrt(self._h**3 / 12)
+            v_cells = self._w[:-1].double() * self._h + u  # int of W over each cell
+            self._v = torch.cat([torch.zeros((1, *size), dtype=torch.float64, device=device), v_cells.cumsum(0)])
         # Bridge samples: their own stream, so the grid does not depend on which off-grid points were asked.
         self._bridge_gen = torch.Generator(device=device).manual_seed((self.seed * 6364136223846793005 + 1) % 2**63)
-        self._cache: dict[int, list[tuple[float, Tensor]]] = {}  # cell index -> sorted [(time, W(time))]
+        # cell index -> sorted [(time, W(time), V(time) or None)]
+        self._cache: dict[int, list[tuple[float, Tensor, Tensor | None]]] = {}
 
     # torchsde's BaseBrownian interface ------------------------------------------------------------------------
     @property
@@ -214,13 +255,19 @@ class BrownianPath:
     def __repr__(self) -> str:
         return (
             f"BrownianPath(t0={self._t0}, t1={self._t1}, size={self._size}, n_cells={self.n_cells}, "
-            f"seed={self.seed}, dtype={self._dtype}, device={self._device})"
+            f"seed={self.seed}, dtype={self._dtype}, device={self._device}, "
+            f"levy_area_approximation={self.levy_area_approximation!r})"
         )
 
-    def __call__(self, ta: Any, tb: Any = None, return_U: bool = False, return_A: bool = False) -> Tensor:
-        """:math:`W(t_b) - W(t_a)`, or :math:`W(t_a) - W(t_0)` when ``tb`` is None."""
-        if return_U or return_A:
-            raise ValueError("BrownianPath has no space-time or Levy area (levy_area_approximation='none')")
+    def __call__(
+        self, ta: Any, tb: Any = None, return_U: bool = False, return_A: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """:math:`W(t_b) - W(t_a)` (or :math:`W(t_a) - W(t_0)` when ``tb`` is None), and :math:`U` if
+        ``return_U``."""
+        if return_A:
+            raise ValueError("BrownianPath has no Levy area A (torchsde's 'davie' / 'foster'); only return_U")
+        if return_U and self._v is None:
+            raise ValueError("return_U needs a BrownianPath built with levy_area_approximation='space-time'")
         if tb is None:
             ta, tb = self._t0, ta
         tol_dtype = ta.dtype if isinstance(ta, Tensor) and ta.is_floating_point() else torch.float64
@@ -229,7 +276,11 @@ class BrownianPath:
         a, b = _as_float(ta), _as_float(tb)
         if a > b:
             raise ValueError(f"BrownianPath query needs ta <= tb, got ta={a}, tb={b}")
-        return self._value(b, tol_dtype) - self._value(a, tol_dtype)
+        sb, wb, vb = self._value(b, tol_dtype)  # b before a: the order in which off-grid points are drawn
+        sa, wa, va = self._value(a, tol_dtype)
+        if not return_U:
+            return wb - wa
+        return wb - wa, (vb - va - (sb - sa) * wa.double()).to(self._dtype)
 
     # internals ------------------------------------------------------------------------------------------------
     def _locate(self, s: float, tol_dtype: torch.dtype) -> tuple[int, bool, float]:
@@ -244,33 +295,75 @@ class BrownianPath:
             return k, True, s
         return math.floor(x), False, s
 
-    def _value(self, s: float, tol_dtype: torch.dtype = torch.float64) -> Tensor:
+    def _value(self, s: float, tol_dtype: torch.dtype = torch.float64) -> tuple[float, Tensor, Tensor | None]:
+        """``(s, W(s), V(s))`` (``V`` None without the space-time area), ``s`` snapped to the grid when on it."""
         k, on_grid, s = self._locate(s, tol_dtype)
         if on_grid:
-            return self._w[k]
+            return self._grid_point(k)
         cell = self._cache.setdefault(k, [])
         times = [c[0] for c in cell]
         i = bisect_left(times, s)
         if i < len(cell) and cell[i][0] == s:
-            return cell[i][1]
-        ta, wa = cell[i - 1] if i > 0 else (self._t0 + k * self._h, self._w[k])
-        tb, wb = cell[i] if i < len(cell) else (self._t0 + (k + 1) * self._h, self._w[k + 1])
-        lam = (s - ta) / (tb - ta)
-        std = math.sqrt((s - ta) * (tb - s) / (tb - ta))
-        z = torch.randn(self._size, generator=self._bridge_gen, dtype=self._dtype, device=self._device)
-        ws = wa + lam * (wb - wa) + std * z
-        insort(cell, (s, ws), key=lambda c: c[0])
-        return ws
+            return cell[i]
+        ta, wa, va = cell[i - 1] if i > 0 else self._grid_point(k)
+        tb, wb, vb = cell[i] if i < len(cell) else self._grid_point(k + 1)
+        if self._v is None:
+            lam = (s - ta) / (tb - ta)
+            std = math.sqrt((s - ta) * (tb - s) / (tb - ta))
+            z = torch.randn(self._size, generator=self._bridge_gen, dtype=self._dtype, device=self._device)
+            point = (s, wa + lam * (wb - wa) + std * z, None)
+        else:
+            point = (s, *self._bridge_w_v(s - ta, tb - ta, wa, va, wb, vb))
+        insort(cell, point, key=lambda c: c[0])
+        return point
 
-    def _increments(self, times: Sequence[float], tol_dtype: torch.dtype) -> Tensor:
-        """All increments ``W(times[i+1]) - W(times[i])`` at once, shape ``(len(times) - 1, *size)``."""
+    def _grid_point(self, k: int) -> tuple[float, Tensor, Tensor | None]:
+        return self._t0 + k * self._h, self._w[k], None if self._v is None else self._v[k]
+
+    def _bridge_w_v(
+        self, tau: float, h: float, wa: Tensor, va: Tensor, wb: Tensor, vb: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Draw :math:`(W, V)` at :math:`a + \\tau` given them at :math:`a` and :math:`b = a + h`.
+
+        The Gaussian conditional law of :math:`x = (W_{a,a+\\tau}, U_{a,a+\\tau})` given
+        :math:`y = (W_{a,b}, U_{a,b})`: mean :math:`\\Sigma_{xy}\\Sigma_{yy}^{-1} y`, covariance
+        :math:`\\Sigma_{xx} - \\Sigma_{xy}\\Sigma_{yy}^{-1}\\Sigma_{yx}`, from
+        :math:`\\mathrm{Cov}(W_s, W_r) = \\min(s, r)`
+        and :math:`\\mathrm{Cov}(U_s, W_r) = \\int_0^s \\min(q, r)\\,dq` (times from :math:`a`).
+        """
+        sxy = [[tau, tau * h - tau**2 / 2], [tau**2 / 2, tau**2 * h / 2 - tau**3 / 6]]
+        syy_inv = [[4 / h, -6 / h**2], [-6 / h**2, 12 / h**3]]
+        gain = [[sum(sxy[i][k] * syy_inv[k][j] for k in range(2)) for j in range(2)] for i in range(2)]
+        sxx = [[tau, tau**2 / 2], [tau**2 / 2, tau**3 / 3]]
+        cov = [[sxx[i][j] - sum(gain[i][k] * sxy[j][k] for k in range(2)) for j in range(2)] for i in range(2)]
+        l11 = math.sqrt(max(cov[0][0], 0.0))
+        l21 = cov[1][0] / l11 if l11 > 0 else 0.0
+        l22 = math.sqrt(max(cov[1][1] - l21**2, 0.0))
+        w_ab, wa64 = (wb - wa).double(), wa.double()
+        u_ab = vb - va - h * wa64
+        z = torch.randn((2, *self._size), generator=self._bridge_gen, dtype=torch.float64, device=self._device)
+        w = gain[0][0] * w_ab + gain[0][1] * u_ab + l11 * z[0]
+        u = gain[1][0] * w_ab + gain[1][1] * u_ab + l21 * z[0] + l22 * z[1]
+        return (wa64 + w).to(self._dtype), va + tau * wa64 + u
+
+    def _increments(self, times: Sequence[float], tol_dtype: torch.dtype) -> list[Tensor]:
+        """All increments ``W(times[i+1]) - W(times[i])`` at once, shape ``(len(times) - 1, *size)``, and the
+        :math:`U` of each step as a second tensor when the path has the space-time area."""
         located = [self._locate(s, tol_dtype) for s in times]
         if all(on for _, on, _ in located):
             idx = torch.tensor([k for k, _, _ in located], device=self._device)
+            s = torch.tensor([self._grid_point(k)[0] for k, _, _ in located], dtype=torch.float64, device=self._device)
             w = self._w.index_select(0, idx)
+            v = None if self._v is None else self._v.index_select(0, idx)
         else:
-            w = torch.stack([self._value(s, tol_dtype) for s in times])
-        return w[1:] - w[:-1]
+            points = [self._value(s, tol_dtype) for s in times]
+            s = torch.tensor([p[0] for p in points], dtype=torch.float64, device=self._device)
+            w = torch.stack([p[1] for p in points])
+            v = None if self._v is None else torch.stack([p[2] for p in points])
+        if v is None:
+            return [w[1:] - w[:-1]]
+        ds = (s[1:] - s[:-1]).reshape(-1, *[1] * len(self._size))
+        return [w[1:] - w[:-1], (v[1:] - v[:-1] - ds * w[:-1].double()).to(self._dtype)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -527,6 +620,126 @@ def midpoint_step(sde: Any, t0: Tensor, t1: Tensor, y: Tensor, h: float, dw: Ten
     return torch.add(y, f1, alpha=h).add_(gdw1)
 
 
+#: Rößler's SRI scheme of strong order 1.5 for diagonal and scalar Itô noise {cite}`rossler2010runge` (torchsde's
+#: ``srid2``): drift and diffusion stage times ``c0``, ``c1``, stage matrices ``a0``, ``a1`` (drift) and ``b0``,
+#: ``b1`` (diffusion), drift weights ``alpha`` and the diffusion weights ``beta`` of
+#: :math:`(I_{(1)}, I_{(1,1)}/\sqrt h, I_{(1,0)}/h, I_{(1,1,1)}/h)`.
+SRI_TABLEAU: dict[str, Any] = {
+    "c0": (0.0, 1.0, 1 / 2, 0.0),
+    "c1": (0.0, 1 / 4, 1.0, 1 / 4),
+    "a0": ((), (1.0,), (1 / 4, 1 / 4), (0.0, 0.0, 0.0)),
+    "a1": ((), (1 / 4,), (1.0, 0.0), (0.0, 0.0, 1 / 4)),
+    "b0": ((), (0.0,), (1.0, 1 / 2), (0.0, 0.0, 0.0)),
+    "b1": ((), (-1 / 2,), (1.0, 0.0), (2.0, -1.0, 1 / 2)),
+    "alpha": (1 / 6, 1 / 6, 2 / 3, 0.0),
+    "beta": (
+        (-1.0, 1.0, 2.0, -2.0),
+        (4 / 3, -4 / 3, -4 / 3, 5 / 3),
+        (2 / 3, 1 / 3, -2 / 3, -2 / 3),
+        (0.0, 0.0, 0.0, 1.0),
+    ),
+}
+
+#: Rößler's SRA1 scheme of strong order 1.5 for additive noise {cite}`rossler2010runge`: two stages; ``beta`` are
+#: the weights of :math:`(I_{(1)}, I_{(1,0)}/h)` in each stage's diffusion term.
+SRA_TABLEAU: dict[str, Any] = {
+    "c0": (0.0, 3 / 4),
+    "c1": (1.0, 0.0),
+    "a0": ((), (3 / 4,)),
+    "b0": ((), (3 / 2,)),
+    "alpha": (1 / 3, 2 / 3),
+    "beta": ((1.0, -1.0), (0.0, 1.0)),
+}
+
+
+def srk_step(sde: Any, t0: Tensor, y: Tensor, h: float, dw: Tensor, du: Tensor, noise_type: str) -> Tensor:
+    """One step of Rößler's stochastic Runge-Kutta method of strong order 1.5 {cite}`rossler2010runge` (``srk``).
+
+    Diagonal or scalar noise (Itô), the SRI scheme of :data:`SRI_TABLEAU`: with
+    :math:`H^{(0)}_i = Y_n + \\sum_j A^{(0)}_{ij} f(t_n + c^{(0)}_j h, H^{(0)}_j)\\,h
+    + \\sum_j B^{(0)}_{ij}\\, g(t_n + c^{(1)}_j h, H^{(1)}_j)\\, I_{(1,0)}/h` and
+    :math:`H^{(1)}_i = Y_n + \\sum_j A^{(1)}_{ij} f(\\cdot, H^{(0)}_j)\\,h
+    + \\sum_j B^{(1)}_{ij}\\, g(\\cdot, H^{(1)}_j)\\sqrt h`,
+
+    .. math:: Y_{n+1} = Y_n + \\sum_i \\alpha_i f(t_n + c^{(0)}_i h, H^{(0)}_i)\\,h
+        + \\sum_i g(t_n + c^{(1)}_i h, H^{(1)}_i) \\Big(\\beta^{(1)}_i I_{(1)}
+        + \\beta^{(2)}_i \\frac{I_{(1,1)}}{\\sqrt h} + \\beta^{(3)}_i \\frac{I_{(1,0)}}{h}
+        + \\beta^{(4)}_i \\frac{I_{(1,1,1)}}{h}\\Big),
+
+    componentwise, with :math:`I_{(1)} = \\Delta W`, :math:`I_{(1,1)} = (\\Delta W^2 - h)/2`,
+    :math:`I_{(1,1,1)} = (\\Delta W^3 - 3h\\Delta W)/6` and
+    :math:`I_{(1,0)} = \\int_{t_n}^{t_{n+1}} (W_s - W_{t_n})\\,ds` (``du``). Additive noise (Itô or Stratonovich:
+    they coincide), the SRA1 scheme of :data:`SRA_TABLEAU`, whose diffusion stages are
+    :math:`g(t_n + c^{(1)}_i h)\\,(\\beta^{(1)}_i \\Delta W + \\beta^{(2)}_i I_{(1,0)}/h)` and whose drift stages see
+    :math:`g\\, I_{(1,0)}/h`. Strong order 1.5 for these noise types.
+    """
+    sde = _as_terms(sde, noise_type)
+    sqrt_h, i10 = math.sqrt(h), du / h
+    if noise_type == "additive":
+        tab = SRA_TABLEAU
+        y1 = y
+        stages: list[Tensor] = []
+        for i, (c0, c1) in enumerate(zip(tab["c0"], tab["c1"])):
+            if i == 0:
+                hi = y
+            else:
+                hi = y + sum(a * h * f for a, f in zip(tab["a0"][i], stages) if a)
+                hi = hi + sum(sde.g_prod(t0 + tab["c1"][j] * h, y, b * i10) for j, b in enumerate(tab["b0"][i]) if b)
+            stages.append(sde.f(t0 + c0 * h, hi))
+            b1, b2 = tab["beta"][i]
+            y1 = y1 + tab["alpha"][i] * h * stages[-1] + sde.g_prod(t0 + c1 * h, y, b1 * dw + b2 * i10)
+        return y1
+    tab = SRI_TABLEAU
+    noise = (dw, (dw**2 - h) / (2 * sqrt_h), i10, (dw**3 - 3 * h * dw) / (6 * h))
+    n = len(tab["alpha"])
+    fs: list[Tensor | None] = []
+    gs: list[Tensor] = []
+    y1 = y
+    for i in range(n):
+        h0 = y + sum(a * h * f for a, f in zip(tab["a0"][i], fs) if a)
+        h0 = h0 + sum(b * g * i10 for b, g in zip(tab["b0"][i], gs) if b)
+        h1 = y + sum(a * h * f for a, f in zip(tab["a1"][i], fs) if a)
+        h1 = h1 + sum(b * sqrt_h * g for b, g in zip(tab["b1"][i], gs) if b)
+        drift_used = tab["alpha"][i] or any(tab[a][k][i] for a in ("a0", "a1") for k in range(i + 1, n))
+        fs.append(sde.f(t0 + tab["c0"][i] * h, h0) if drift_used else None)
+        g = sde.g(t0 + tab["c1"][i] * h, h1)
+        gs.append(g if noise_type == "diagonal" else g.squeeze(-1))
+        if tab["alpha"][i]:
+            y1 = y1 + tab["alpha"][i] * h * fs[-1]
+        y1 = y1 + gs[-1] * sum(beta * x for beta, x in zip(tab["beta"][i], noise) if beta)
+    return y1
+
+
+def reversible_heun_step(
+    sde: Any,
+    t1: Tensor,
+    y: Tensor,
+    h: float,
+    dw: Tensor,
+    state: tuple[Tensor, Tensor, Tensor],
+    noise_type: str,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """One step of the reversible Heun method for Stratonovich SDEs {cite}`kidger2021efficient`.
+
+    It carries a second state :math:`Z_n` and the drift and diffusion there, ``state`` = :math:`(f(t_n, Z_n),
+    g(t_n, Z_n), Z_n)` (:math:`Z_0 = Y_0`):
+
+    .. math:: Z_{n+1} = 2Y_n - Z_n + f(t_n, Z_n)\\,h + g(t_n, Z_n)\\,\\Delta W_n, \\quad
+        Y_{n+1} = Y_n + \\tfrac12\\big(f(t_n, Z_n) + f(t_{n+1}, Z_{n+1})\\big)h
+        + \\tfrac12\\big(g(t_n, Z_n) + g(t_{n+1}, Z_{n+1})\\big)\\Delta W_n.
+
+    One evaluation of ``f`` and ``g`` a step, and the step is algebraically reversible: :math:`(Y_n, Z_n)`
+    is recovered exactly from :math:`(Y_{n+1}, Z_{n+1})`, which gives exact adjoint gradients. Strong order 1/2 in
+    general and 1 for additive noise (Kidger et al. 2021). Returns :math:`Y_{n+1}` and the new state.
+    """
+    sde = _as_terms(sde, noise_type)
+    f0, g0, z0 = state
+    z1 = (2 * y - z0).add_(f0, alpha=h).add_(sde.prod(g0, dw))
+    f1, g1 = sde.f_and_g(t1, z1)
+    y1 = torch.add(y, f0 + f1, alpha=0.5 * h).add_(sde.prod(g0 + g1, dw), alpha=0.5)
+    return y1, (f1, g1, z1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The time grid and the driver
 # --------------------------------------------------------------------------------------------------------------
@@ -572,7 +785,7 @@ def _check_terms(terms: _Terms, sde: Any, method: str | None, logqp: bool) -> No
         )
     if terms.f_and_g_prod is None:
         raise TypeError(f"sde has no drift: define a method f(t, y) (or f_and_g, f_and_g_prod); {name} has none")
-    if (method == "milstein" or logqp) and (terms.f is None or terms.g is None):
+    if (method in ("milstein", "srk") or logqp) and (terms.f is None or terms.g is None):
         needs = "logqp=True" if logqp else f"method {method!r}"
         raise TypeError(
             f"{needs} needs the drift f and the diffusion g themselves (f and g, or f_and_g); {name} has not"
@@ -647,22 +860,40 @@ def _noise_size(terms: _Terms, noise_type: str, t0: Tensor, y0: Tensor, bm: Any)
     return m
 
 
-def _increment_stream(grid: list[float], shape: tuple[int, int], y0: Tensor, seed: int | None) -> Iterator[Tensor]:
-    """Increments for every step of ``grid``, drawn with one ``randn`` call (or a few, for very long runs)."""
+def _increment_stream(
+    grid: list[float], shape: tuple[int, int], y0: Tensor, seed: int | None, space_time: bool = False
+) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
+    """Increments for every step of ``grid``, drawn with one ``randn`` call (or a few, for very long runs).
+
+    With ``space_time`` each step gets :math:`(\\Delta W, I_{(1,0)})`: :math:`\\Delta W = \\sqrt h\\, z_1` and
+    :math:`I_{(1,0)} = h(\\Delta W/2 + \\sqrt{h/12}\\, z_2)` (variance :math:`h^3/3`, covariance :math:`h^2/2` with
+    :math:`\\Delta W` {cite}`kloeden1992numerical`, Sec. 10.4).
+    """
     n = len(grid) - 1
     gen = torch.Generator(device=y0.device).manual_seed(seed) if seed is not None else None
-    sqrt_h = torch.tensor([b - a for a, b in zip(grid[:-1], grid[1:])], dtype=torch.float64).sqrt_()
-    sqrt_h = sqrt_h.to(dtype=y0.dtype, device=y0.device)
-    chunk = max(1, _MAX_RANDN_ELEMENTS // max(1, math.prod(shape)))
+    h = torch.tensor([b - a for a, b in zip(grid[:-1], grid[1:])], dtype=torch.float64)
+    sqrt_h = h.sqrt().to(dtype=y0.dtype, device=y0.device)
+    h = h.to(dtype=y0.dtype, device=y0.device)
+    k = 2 if space_time else 1
+    chunk = max(1, _MAX_RANDN_ELEMENTS // max(1, k * math.prod(shape)))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        z = torch.randn((stop - start, *shape), generator=gen, dtype=y0.dtype, device=y0.device)
-        yield from z.mul_(sqrt_h[start:stop, None, None]).unbind(0)
+        if not space_time:
+            z = torch.randn((stop - start, *shape), generator=gen, dtype=y0.dtype, device=y0.device)
+            yield from z.mul_(sqrt_h[start:stop, None, None]).unbind(0)
+            continue
+        z = torch.randn((stop - start, 2, *shape), generator=gen, dtype=y0.dtype, device=y0.device)
+        dw = z[:, 0].mul_(sqrt_h[start:stop, None, None])
+        du = (z[:, 1] * (sqrt_h[start:stop, None, None] / math.sqrt(12))).add_(dw, alpha=0.5)
+        du.mul_(h[start:stop, None, None])
+        yield from zip(dw.unbind(0), du.unbind(0))
 
 
 def _default_method(sde_type: str, noise_type: str) -> str:
-    """``euler`` for Itô SDEs (torchsde: ``srk`` unless the noise is general), ``midpoint`` for Stratonovich SDEs."""
-    return "euler" if sde_type == "ito" else "midpoint"
+    """torchsde's default: ``srk`` for Itô SDEs (``euler`` for general noise), ``midpoint`` for Stratonovich SDEs."""
+    if sde_type == "stratonovich":
+        return "midpoint"
+    return "euler" if noise_type == "general" else "srk"
 
 
 def sdeint(
@@ -798,23 +1029,25 @@ def sdeint(
         method = _default_method(sde_type, noise_type)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {tuple(METHODS)}")
-    if sde_type not in METHODS[method]["sde_types"]:
+    if sde_type not in METHODS[method]:
         hint = (
             " Euler-Maruyama converges to the Itô solution; use method='heun' or 'midpoint' (or 'milstein') for a "
             "Stratonovich SDE, or convert it to Itô form by adding the drift correction 1/2 (dg/dy) g."
             if method == "euler"
-            else " Use method='euler' or 'milstein' for an Itô SDE, or convert it to Stratonovich form."
+            else " Use method='euler', 'milstein' or 'srk' for an Itô SDE, or convert it to Stratonovich form."
         )
         raise ValueError(f"method {method!r} does not solve {sde_type} SDEs.{hint}")
-    if noise_type not in METHODS[method]["noise_types"]:
+    if noise_type not in METHODS[method][sde_type]:
         raise ValueError(
-            f"method {method!r} does not support {noise_type} noise (supports {METHODS[method]['noise_types']}); "
-            "for general noise use 'euler' (Itô) or 'heun' / 'midpoint' (Stratonovich)"
+            f"method {method!r} does not support {noise_type} noise for {sde_type} SDEs (supports "
+            f"{METHODS[method][sde_type]}); for general noise use 'euler' (Itô) or 'heun' / 'midpoint' (Stratonovich)"
         )
     if options.get("grad_free") and method != "milstein":
         raise ValueError("option 'grad_free' applies to method='milstein' only")
-    if extra_solver_state:
+    if extra_solver_state and method != "reversible_heun":
         raise ValueError(f"extra_solver_state: method {method!r} keeps no solver state (pass None or ())")
+    if method == "reversible_heun" and (terms.f is None or terms.g is None):
+        raise TypeError("method 'reversible_heun' carries the diffusion g itself: the SDE needs g (or f_and_g)")
 
     if not torch.isfinite(y0).all():
         raise FloatingPointError(f"y0 holds NaN or Inf at t={times_list[0]}")
@@ -854,26 +1087,51 @@ def sdeint(
                 f"bm is on device {bm_device} but y0 is on {y0.device}; build the Brownian motion with "
                 f"device={y0.device}"
             )
-    increments: Iterator[Tensor]
+    # srk needs (dW, I_(1,0)) for each step: bm(ta, tb, return_U=True), as torchsde's srk asks for it.
+    space_time = method == "srk"
+    if space_time and bm is not None and getattr(bm, "levy_area_approximation", None) not in _SPACE_TIME:
+        raise ValueError(
+            "method 'srk' needs the time integral of the Brownian path (I_(1,0), torchsde's U): build bm with "
+            "levy_area_approximation='space-time' (BrownianPath or torchsde.BrownianInterval), or pass bm=None"
+        )
+    increments: Iterator[Any]
     if len(hs) == 0:
         increments = iter(())
     elif bm is None:
-        increments = _increment_stream(grid, shape, y0, seed)
+        increments = _increment_stream(grid, shape, y0, seed, space_time)
     elif isinstance(bm, BrownianPath):
-        increments = iter(bm._increments(grid, t_dtype).unbind(0))
+        parts = [p.unbind(0) for p in bm._increments(grid, t_dtype)]
+        increments = zip(*parts) if space_time else iter(parts[0])
     else:
-        increments = (bm(times[i], times[i + 1]) for i in range(len(hs)))
+        query = (lambda ta, tb: bm(ta, tb, return_U=True)) if space_time else bm
+        increments = (query(times[i], times[i + 1]) for i in range(len(hs)))
 
     if len(hs):
-        dw0 = next(increments)
+        first = next(increments)
+        dw0 = first[0] if space_time and isinstance(first, tuple) else first
         if not isinstance(dw0, Tensor) or tuple(dw0.shape) != shape:
             got = tuple(dw0.shape) if isinstance(dw0, Tensor) else type(dw0).__name__
             raise ValueError(f"bm(ta, tb) returned an increment of shape {got}; expected (batch, m) = {shape}")
-        increments = itertools.chain([dw0], increments)
+        increments = itertools.chain([first], increments)
     if pad:
-        increments = (torch.cat([dw, dw.new_zeros(batch, 1)], 1) for dw in increments)
+        zero = y0.new_zeros(batch, 1)
+        increments = (
+            tuple(torch.cat([x, zero], 1) for x in inc) if space_time else torch.cat([inc, zero], 1)
+            for inc in increments
+        )
 
-    advance: Callable[[int, Tensor, Tensor], Tensor]
+    state: tuple[Tensor, ...] = ()
+    if method == "reversible_heun":
+        if extra_solver_state:
+            if len(extra_solver_state) != 3:
+                raise ValueError(
+                    "extra_solver_state for 'reversible_heun' is (f, g, z), as sdeint(..., extra=True) returns it"
+                )
+            state = tuple(extra_solver_state)
+        else:
+            state = (*terms.f_and_g(times[0], y0), y0)
+
+    advance: Callable[[int, Tensor, Any], Tensor]
     if method == "euler":
 
         def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
@@ -883,14 +1141,24 @@ def sdeint(
 
         def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
             return milstein_step(terms, times[i], y, hs[i], dw, noise_type, sde_type, grad_free)
+    elif method == "srk":
+
+        def advance(i: int, y: Tensor, dw_du: tuple[Tensor, Tensor]) -> Tensor:
+            return srk_step(terms, times[i], y, hs[i], dw_du[0], dw_du[1], noise_type)
     elif method == "heun":
 
         def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
             return heun_step(terms, times[i], times[i + 1], y, hs[i], dw, noise_type)
-    else:
+    elif method == "midpoint":
 
         def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
             return midpoint_step(terms, times[i], times[i + 1], y, hs[i], dw, noise_type)
+    else:
+
+        def advance(i: int, y: Tensor, dw: Tensor) -> Tensor:
+            nonlocal state
+            y, state = reversible_heun_step(terms, times[i + 1], y, hs[i], dw, state, noise_type)
+            return y
 
     ys = [y0]
     y = y0
@@ -912,7 +1180,7 @@ def sdeint(
     if logqp:
         results = (out[..., :d], out[1:, :, d] - out[:-1, :, d])
     if extra:
-        results = (*results, ())
+        results = (*results, state)
     return results[0] if len(results) == 1 else results
 
 
