@@ -738,7 +738,7 @@ def odeint(
         t: 1-D, strictly increasing or strictly decreasing times (decreasing integrates backward);
             ``t[0]`` is the initial time. When ``t`` requires grad, gradients flow into it: those of the exact flow,
             :math:`\partial y(t_i)/\partial t_i = f(t_i, y_i)` and the shift of the whole trajectory by
-            :math:`t_0` (``N + 1`` extra evaluations; first derivatives only), as :func:`odeint_adjoint` gives.
+            :math:`t_0` (``N + 1`` extra evaluations; first derivatives only), as :func:`dedl.solvers.odeint_adjoint` gives.
         method: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``, ``"rk4_38"`` (fixed step);
             ``"adams_bashforth2"``, ``"adams_bashforth3"``, ``"adams_bashforth4"`` (fixed step, linear
             multistep, started with RK4); ``"bosh3"``, ``"dopri5"`` (adaptive); or a

@@ -959,7 +959,7 @@ def sdeint(
             ``"drift_and_diffusion"``, ``"drift_and_diffusion_prod"`` (e.g. ``names={"drift": "h"}`` solves with
             the method ``h`` as the drift).
         logqp: also return the log-ratio of the posterior and prior path measures over each interval of ``ts``,
-            :math:`\\int \\tfrac12 |u|^2\\,dt` with :math:`g\\,u = f - h` (see :func:`_logqp_terms`), shape
+            :math:`\\int \\tfrac12 |u|^2\\,dt` with :math:`g\\,u = f - h` (see ``_logqp_terms``), shape
             ``(len(ts) - 1, batch)``.
         extra: also return the solver's state after the last step (``()`` for these methods).
         extra_solver_state: the solver's state to start from (these methods keep none: must be None or ``()``).
