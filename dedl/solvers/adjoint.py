@@ -143,10 +143,11 @@ def odeint_adjoint(
             (default: those of the forward solve).
         backend: ``"dedl"`` or ``"torchdiffeq"`` (:func:`torchdiffeq.odeint_adjoint`).
 
-    Gradients flow to ``y0``, to the parameters and to ``t`` (all times; ``dL/dt_i = \langle
-    \partial L/\partial y(t_i), f(t_i, y_i)\rangle`` for ``i >= 1`` and
-    ``dL/dt_0 = -\langle a(t_0^+), f(t_0, y_0)\rangle``). Double backward (``create_graph=True``) raises
-    ``RuntimeError``: the backward solve records no graph; :func:`~dedl.solvers.odeint` supports it.
+    Gradients flow to ``y0``, to the parameters and to ``t`` (all times;
+    :math:`\mathrm{d}L/\mathrm{d}t_i = \langle \partial L/\partial y(t_i), f(t_i, y_i)\rangle` for
+    :math:`i \ge 1` and :math:`\mathrm{d}L/\mathrm{d}t_0 = -\langle a(t_0^+), f(t_0, y_0)\rangle`).
+    Double backward (``create_graph=True``) raises ``RuntimeError``: the backward solve records no graph;
+    :func:`~dedl.solvers.odeint` supports it.
 
     Returns:
         The solution at every time of ``t``, shape ``(len(t), *y0.shape)``.
