@@ -18,7 +18,7 @@ Sections:
     (c) memory: backprop through rk4 vs the adjoint at 10, 100, 1000 steps (forward and backward): the
         peak of the bytes held by torch's CPU allocator, from the allocation events that
         ``torch.profiler`` records (:func:`peak_allocated_bytes`); time from a separate, unprofiled run.
-    (d) SDE rows: :func:`sde_rows` (dedl.solvers.sdeint vs torchsde), provided by the SDE chapter.
+    (d) SDE rows: :func:`sde_rows` (dedl.solvers.sdeint vs torchsde: euler, milstein, srk, reversible_heun).
 """
 
 from __future__ import annotations
@@ -256,63 +256,94 @@ class DiagonalNoiseSDE(nn.Module):
         return 0.5 * y
 
 
+class StratonovichForm(nn.Module):
+    """The same SDE in Stratonovich form, dY = (MLP(Y) - Y / 8) dt + 0.5 Y o dW (drift minus (1/2) g dg/dy)."""
+
+    noise_type, sde_type = "diagonal", "stratonovich"
+
+    def __init__(self, ito: DiagonalNoiseSDE):
+        super().__init__()
+        self.ito = ito
+
+    def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.ito.f(t, y) - 0.125 * y
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.ito.g(t, y)
+
+
 def sde_rows() -> list[dict]:
-    """SDE solvers beside torchsde: dedl.solvers.sdeint vs torchsde.sdeint, Euler-Maruyama and Milstein.
+    """SDE solvers beside torchsde: dedl.solvers.sdeint vs torchsde.sdeint, Euler-Maruyama, Milstein, srk and
+    reversible Heun.
 
     dY = MLP(Y) dt + 0.5 Y dW with diagonal noise, 100 steps of dt = 0.01, under ``torch.no_grad()``. Each call
     includes building its Brownian motion (the ``BrownianPath`` row excepted: built once, outside the timing).
-    Ratios are against torchsde given an explicit ``BrownianInterval(0, 1, size, dt=0.01)``. torchsde's default
-    call (``bm=None``, ~1 s) is timed with at most 3 repeats. The error column holds the *strong* error, the batch
-    mean of |Y_1 - Y_1^ref|, where Y^ref is Milstein with dt / 32 on the same Brownian motion and the same
-    library; for torchsde's default call it is measured on a ``BrownianInterval`` built the way the default is
-    (no ``dt``). The plain loop (all increments from one randn call, then y + f h + g dW) is the floor.
+    Ratios are against torchsde given an explicit ``BrownianInterval(0, 1, size, dt=0.01)`` (for srk and
+    reversible Heun with ``levy_area_approximation="space-time"``, which srk needs). torchsde's default call
+    (``bm=None``, ~1 s) is timed for Euler-Maruyama and Milstein only, with at most 3 repeats. The error column
+    holds the *strong* error, the batch mean of |Y_1 - Y_1^ref|, where Y^ref is Milstein (srk for the srk and
+    reversible Heun rows) with dt / 32 on the same Brownian motion and the same library; for torchsde's default
+    call it is measured on a ``BrownianInterval`` built the way the default is (no ``dt``). Reversible Heun
+    solves the same SDE in Stratonovich form. The plain loop (all increments from one randn call, then
+    y + f h + g dW) is the floor.
     """
     import torchsde
 
     from dedl.solvers import BrownianPath, sdeint
 
     field, y0 = setup()
-    sde = DiagonalNoiseSDE(field)
+    ito = DiagonalNoiseSDE(field)
+    strat = StratonovichForm(ito)
     batch, d = y0.shape
     dt, fine = 0.01, 32
     ts = torch.tensor([0.0, 1.0])
-    path = BrownianPath(0.0, 1.0, (batch, d), dt=dt / fine, seed=0, dtype=y0.dtype)
+    path = BrownianPath(
+        0.0, 1.0, (batch, d), dt=dt / fine, seed=0, dtype=y0.dtype, levy_area_approximation="space-time"
+    )
 
-    def interval(explicit_dt: bool, entropy: int = 0) -> torchsde.BrownianInterval:
+    def interval(explicit_dt: bool, entropy: int = 0, levy: str = "none") -> torchsde.BrownianInterval:
         extra = {"dt": dt} if explicit_dt else {}
-        return torchsde.BrownianInterval(0.0, 1.0, size=(batch, d), dtype=y0.dtype, entropy=entropy, **extra)
+        return torchsde.BrownianInterval(
+            0.0, 1.0, size=(batch, d), dtype=y0.dtype, entropy=entropy, levy_area_approximation=levy, **extra
+        )
 
     def plain_loop() -> torch.Tensor:
         y, dw = y0, torch.randn(100, batch, d) * dt**0.5
         for i in range(100):
-            y = y + sde.f(ts[0], y) * dt + sde.g(ts[0], y) * dw[i]
+            y = y + ito.f(ts[0], y) * dt + ito.g(ts[0], y) * dw[i]
         return y
 
-    def strong_error(solve, bm) -> float:
-        ref = solve(sde, y0, ts, method="milstein", dt=dt / fine, bm=bm)[-1]
-        return float((solve(sde, y0, ts, method=method, dt=dt, bm=bm)[-1] - ref).norm(dim=-1).mean())
-
     rows = []
-    for method in ("euler", "milstein"):
+    for method in ("euler", "milstein", "srk", "reversible_heun"):
+        sde = strat if method == "reversible_heun" else ito
+        ref_method = "milstein" if method in ("euler", "milstein") else "srk"
+        levy = "none" if ref_method == "milstein" else "space-time"
+
+        def strong_error(solve, bm) -> float:
+            ref = solve(ito, y0, ts, method=ref_method, dt=dt / fine, bm=bm)[-1]
+            return float((solve(sde, y0, ts, method=method, dt=dt, bm=bm)[-1] - ref).norm(dim=-1).mean())
+
         candidates = {
             "dedl sdeint, bm=None": lambda: sdeint(sde, y0, ts, method=method, dt=dt, seed=0),
             "dedl sdeint, pre-built BrownianPath": lambda: sdeint(sde, y0, ts, method=method, dt=dt, bm=path),
             "torchsde, BrownianInterval(dt=0.01)": lambda: torchsde.sdeint(
-                sde, y0, ts, method=method, dt=dt, bm=interval(True)),
+                sde, y0, ts, method=method, dt=dt, bm=interval(True, levy=levy)),
         }
         if method == "euler":
             candidates["plain Euler-Maruyama loop"] = plain_loop
         default = {"torchsde, bm=None (default)": lambda: torchsde.sdeint(sde, y0, ts, method=method, dt=dt)}
         with torch.no_grad():
             res = timeit(candidates, REPEATS)
-            res.update(timeit(default, min(REPEATS, 3)))
             err_dedl = strong_error(sdeint, path)
             errors = {
                 "dedl sdeint, bm=None": err_dedl,
                 "dedl sdeint, pre-built BrownianPath": err_dedl,
-                "torchsde, BrownianInterval(dt=0.01)": strong_error(torchsde.sdeint, interval(True, entropy=1)),
-                "torchsde, bm=None (default)": strong_error(torchsde.sdeint, interval(False, entropy=1)),
+                "torchsde, BrownianInterval(dt=0.01)": strong_error(
+                    torchsde.sdeint, interval(True, entropy=1, levy=levy)),
             }
+            if ref_method == "milstein":
+                res.update(timeit(default, min(REPEATS, 3)))
+                errors["torchsde, bm=None (default)"] = strong_error(torchsde.sdeint, interval(False, entropy=1))
         base_med, base_min = res["torchsde, BrownianInterval(dt=0.01)"]
         for name, (med, best) in res.items():
             rows.append(dict(

@@ -3,7 +3,8 @@
 ``odeint(func, y0, t, method=..., rtol=..., atol=..., options=..., backend="dedl" | "torchdiffeq")``
 mirrors :func:`torchdiffeq.odeint`; ``odeint_adjoint`` computes gradients with the adjoint ODE.
 ``sdeint(sde, y0, ts, bm=..., method=..., dt=..., backend="dedl" | "torchsde")`` mirrors :func:`torchsde.sdeint`
-(Euler-Maruyama, Milstein, stochastic Heun and midpoint); ``BrownianPath`` is one reusable Brownian sample path.
+(Euler-Maruyama, Milstein, Rößler's srk, stochastic Heun, midpoint, reversible Heun); ``BrownianPath`` is one
+reusable Brownian sample path.
 """
 
 from dedl.solvers.adjoint import odeint_adjoint
@@ -35,7 +36,9 @@ from dedl.solvers.sde import (
     heun_step,
     midpoint_step,
     milstein_step,
+    reversible_heun_step,
     sdeint,
+    srk_step,
     step_grid,
 )
 
@@ -66,4 +69,6 @@ __all__ = [
     "milstein_step",
     "heun_step",
     "midpoint_step",
+    "srk_step",
+    "reversible_heun_step",
 ]

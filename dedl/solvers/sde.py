@@ -53,6 +53,7 @@ __all__ = [
     "SRI_TABLEAU",
     "SRA_TABLEAU",
     "METHODS",
+    "NAMES",
     "NOISE_TYPES",
     "SDE_TYPES",
     "STRONG_ORDER",
@@ -462,8 +463,9 @@ def _logqp_terms(terms: _Terms, noise_type: str, eps: float = 1e-7) -> _Terms:
     The state is :math:`(Y, L)` with :math:`dL = \\tfrac12\\,|u(t, Y)|^2\\,dt` and no noise, where
     :math:`u = g^{-1}(f - h)` solves :math:`g\\,u = f - h` (:math:`h` the prior drift): :math:`(f - h)/g`
     componentwise for diagonal noise (:math:`|g| \\ge` ``eps``), the pseudo-inverse otherwise. By Girsanov's
-    theorem :math:`E[L_T]` is :math:`KL(\\mathbb{Q} \\| \\mathbb{P})` over :math:`[t_0, T]` (Li et al. 2020,
-    Eq. 9). Solving the augmented SDE with the chosen method integrates :math:`L` as torchsde does.
+    theorem :math:`E[L_T]` is :math:`KL(\\mathbb{Q} \\| \\mathbb{P})` over :math:`[t_0, T]`, the KL term of the
+    latent SDE's evidence lower bound (Li et al. 2020). Solving the augmented SDE with the chosen method integrates
+    :math:`L` as torchsde does.
     """
     f, g, h = terms.f, terms.g, terms.h
 
