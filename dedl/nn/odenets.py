@@ -410,8 +410,8 @@ class SecondOrderNeuralODE(NeuralODE):
     a tensor of the position's shape (e.g. ``MLPVectorField(2 * d, out_dim=d)``). ``velocity_init`` is ``g``:
     ``None`` starts at rest (``v(t0) = 0``), a module learns the initial velocity from the input, as
     Norcliffe et al. do. The phase space has twice the dimensions, so, like an augmented ODE, a SONODE can
-    carry points past each other in position while never crossing in ``(x, v)``; unlike an ANODE the extra
-    dimensions have a meaning (velocity), which is the inductive bias for physical systems.
+    carry points past each other in position while never crossing in ``(x, v)``; unlike an augmented ODE's, its
+    extra dimensions have a meaning (velocity), which is the inductive bias for physical systems.
 
     ``forward`` returns the position ``x(t1)``; ``return_velocity=True`` returns ``[x; v]`` at ``t1``.
     :meth:`trajectory` returns the same selection at every time of the grid.
@@ -629,8 +629,10 @@ class ODERNN(nn.Module):
     Unobserved values never reach the state. ``forward`` returns ``y`` at every time, shape ``(B, T, output_channels)``;
     :meth:`hidden_states` returns the ``h_i`` (``reverse=True`` runs from the last time to the first, as the
     latent ODE's encoder does). :attr:`nfe` counts the ODE evaluations of the latest pass. The default solver, one
-    Euler step per gap (``method="euler"``), is the choice of Rubanova et al.'s code; ``method``, ``rtol``, ``atol``
-    and ``options`` go to :func:`dedl.solvers.odeint` (e.g. ``"rk4"`` with ``options={"step_size": 0.1}``).
+    Euler step per gap (``method="euler"``), is a cheap simplification: Rubanova et al. solve each gap with an ODE
+    solver, and their code takes a single Euler step only across gaps shorter than a fiftieth of the observed
+    interval. ``method``, ``rtol``, ``atol`` and ``options`` go to :func:`dedl.solvers.odeint` (e.g. ``"rk4"``
+    with ``options={"step_size": 0.1}``).
     """
 
     def __init__(
@@ -729,8 +731,9 @@ class LatentODE(nn.Module):
     ``z_0``, the model interpolates and extrapolates by solving the latent ODE at any times, and different samples
     of ``z_0`` give an uncertainty band (:meth:`sample`). ``forward`` decodes the posterior mean ``mu``;
     :attr:`nfe` counts encoder plus decoder evaluations of the latest pass. The decoder is solved with ``method``
-    (``options``), the encoder's ODE-RNN with ``encoder_method`` (``encoder_options``); one Euler step per gap, the
-    default, is what Rubanova et al.'s code uses for the encoder, where only a summary of the data is needed.
+    (``options``), the encoder's ODE-RNN with ``encoder_method`` (``encoder_options``); the default, one Euler step
+    per gap, is a cheap simplification of Rubanova et al.'s encoder (see :class:`ODERNN`), adequate where only a
+    summary of the data is needed.
     """
 
     def __init__(
