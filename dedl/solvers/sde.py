@@ -926,7 +926,8 @@ def sdeint(
       ``dt_min`` are accepted for adaptive stepping and unused, as in torchsde without ``adaptive``).
     * Every time in ``ts`` is hit exactly (the last step before it is shortened); torchsde steps past it and
       interpolates linearly.
-    * The default method is ``euler`` for Itô SDEs (torchsde: ``srk`` for diagonal, scalar and additive noise).
+    * ``srk`` also solves Stratonovich SDEs with additive noise, where the Itô and Stratonovich forms coincide
+      (torchsde's ``srk`` takes Itô SDEs only).
     * ``milstein`` with scalar noise and ``d > 1`` uses :math:`(\\partial g/\\partial y)\\,g`; torchsde 0.2.6 uses
       its transpose, which is wrong for a non-symmetric Jacobian, so the two answers differ there.
     * A fast path (``f_and_g``, ``g_prod``, ``f_and_g_prod``) is skipped when ``names`` renames one of its parts
@@ -945,11 +946,15 @@ def sdeint(
         y0: initial state, shape ``(batch, d)``; only 2-D states are supported (flatten others).
         ts: observation times, strictly increasing (forward in time only); ``ts[0]`` is the time of ``y0``.
         bm: Brownian motion, any callable ``bm(ta, tb)`` returning the increment :math:`W(t_b) - W(t_a)` of shape
-            ``(batch, m)``: a :class:`BrownianPath`, ``torchsde.BrownianInterval``, ... ``None`` (default) draws the
-            increments for the whole step grid up front with one ``randn`` call, from ``torch.Generator``
-            seeded by ``seed``, or from torch's global generator if ``seed`` is None.
+            ``(batch, m)``: a :class:`BrownianPath`, ``torchsde.BrownianInterval``, ... ``srk`` calls
+            ``bm(ta, tb, return_U=True)`` for :math:`(\\Delta W, I_{(1,0)})` and needs
+            ``levy_area_approximation="space-time"`` (or torchsde's ``"davie"``, ``"foster"``). ``None`` (default)
+            draws the increments for the whole step grid up front with one ``randn`` call, from
+            ``torch.Generator`` seeded by ``seed``, or from torch's global generator if ``seed`` is None.
         method: ``"euler"`` (Itô), ``"milstein"`` (Itô or Stratonovich; diagonal, scalar, additive noise),
-            ``"heun"`` or ``"midpoint"`` (Stratonovich). ``None`` picks ``"euler"`` for Itô SDEs and
+            ``"srk"`` (Itô with diagonal, scalar or additive noise; Stratonovich with additive noise),
+            ``"heun"``, ``"midpoint"`` or ``"reversible_heun"`` (Stratonovich); see the module docstring for their
+            orders. ``None`` picks torchsde's default: ``"srk"`` for Itô SDEs (``"euler"`` for general noise) and
             ``"midpoint"`` for Stratonovich SDEs. Euler-Maruyama is Itô-only as in torchsde: on a Stratonovich
             SDE it would converge to the wrong (Itô) solution, so it raises.
         dt: step size. Each interval between observation times takes :math:`\\lceil \\Delta/dt\\rceil` steps
@@ -963,8 +968,10 @@ def sdeint(
         logqp: also return the log-ratio of the posterior and prior path measures over each interval of ``ts``,
             :math:`\\int \\tfrac12 |u|^2\\,dt` with :math:`g\\,u = f - h` (see ``_logqp_terms``), shape
             ``(len(ts) - 1, batch)``.
-        extra: also return the solver's state after the last step (``()`` for these methods).
-        extra_solver_state: the solver's state to start from (these methods keep none: must be None or ``()``).
+        extra: also return the solver's state after the last step: :math:`(f, g, Z)` for ``reversible_heun``,
+            ``()`` for the other methods.
+        extra_solver_state: the state to start ``reversible_heun`` from (default :math:`(f(t_0, y_0), g(t_0, y_0),
+            y_0)`), e.g. the ``extra`` of a previous solve; the other methods keep none (None or ``()``).
         backend: ``"dedl"``, or ``"torchsde"`` to hand the very same call to ``torchsde.sdeint`` (no method
             resolved by dedl; when ``seed`` is given and ``bm`` is None, a ``BrownianInterval`` with
             ``entropy=seed``), so a reader can swap solvers and compare.
@@ -982,7 +989,8 @@ def sdeint(
         FloatingPointError: the state became NaN or Inf; the message names the observation interval.
 
     References: Euler-Maruyama and Milstein {cite}`kloeden1992numerical,higham2001algorithmic,milstein1974approximate`;
-    the interface and the log-ratio of torchsde {cite}`li2020scalable,kidger2021on`.
+    srk {cite}`rossler2010runge`; reversible Heun {cite}`kidger2021efficient`; the interface and the log-ratio of
+    torchsde {cite}`li2020scalable,kidger2021on`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
