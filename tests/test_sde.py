@@ -425,6 +425,14 @@ def test_brownian_path_and_sdeint_on_gpu():
     assert ys.device.type == "cuda"
     ys = sdeint(NonlinearDiagonal(), torch.ones(8, 2, device=device), [0.0, 1.0], dt=2**-5, seed=0)
     assert ys.device.type == "cuda"
+    # srk with the space-time area, on and off the grid, and reversible Heun
+    bm = BrownianPath(0.0, 1.0, (8, 2), levels=5, seed=0, device=device, levy_area_approximation="space-time")
+    for dt in (2**-5, 0.03):
+        ys = sdeint(NonlinearDiagonal(), torch.ones(8, 2, device=device), [0.0, 1.0], bm, "srk", dt)
+        assert ys.device.type == "cuda" and torch.isfinite(ys).all()
+    ys = sdeint(NonlinearDiagonal("stratonovich"), torch.ones(8, 2, device=device), [0.0, 1.0], bm,
+                "reversible_heun", 2**-5)
+    assert ys.device.type == "cuda"
 
 
 def test_brownian_path_bad_input():
