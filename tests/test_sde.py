@@ -1094,3 +1094,14 @@ def test_torchsde_backend_hands_over_names_logqp_and_extra():
     assert len(ours) == 3
     for a, b in zip(ours[:2], theirs[:2]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_srk_keeps_its_order_off_the_brownian_grid():
+    """Steps of 1/10 ... 1/160 on a 16-cell path: the (W, int W) bridge fills in U consistently, order 1.5 stays."""
+    sde, batch = GBM(), 2000
+    bm = space_time_path(batch, 1, seed=0, levels=4)
+    y0 = torch.ones(batch, 1, dtype=DTYPE)
+    exact = sde.exact(y0, bm(0.0, 1.0), 1.0)
+    hs = [1 / 10, 1 / 20, 1 / 40, 1 / 80, 1 / 160]
+    errors = [(sdeint(sde, y0, [0.0, 1.0], bm, "srk", h)[-1] - exact).abs().mean().item() for h in hs]
+    assert abs(slope(hs, errors) - 1.5) <= 0.15, errors
