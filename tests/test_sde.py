@@ -757,7 +757,7 @@ def test_fast_paths_are_used_when_defined(paths):
     torch.testing.assert_close(theirs, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_milstein_without_g_is_refused():
+def test_methods_that_need_g_itself_refuse_an_sde_with_g_prod_only():
     class ProdOnly:
         noise_type, sde_type = "diagonal", "ito"
 
@@ -767,8 +767,11 @@ def test_milstein_without_g_is_refused():
         def g_prod(self, t, y, v):
             return 0.5 * v
 
-    with pytest.raises(TypeError, match="'milstein' needs the drift f and the diffusion g"):
-        sdeint(ProdOnly(), Y0, [0.0, 1.0], method="milstein", dt=0.1)
+    for method in ("milstein", "srk", "reversible_heun", None):  # None: srk, the Itô default
+        ProdOnly.sde_type = "stratonovich" if method == "reversible_heun" else "ito"
+        with pytest.raises(TypeError, match=f"'{method or 'srk'}' needs the drift f and the diffusion g"):
+            sdeint(ProdOnly(), Y0, [0.0, 1.0], method=method, dt=0.1)
+    ProdOnly.sde_type = "ito"
     assert sdeint(ProdOnly(), Y0, [0.0, 1.0], method="euler", dt=0.1, seed=0).shape == (2, 4, 2)
 
 

@@ -787,7 +787,7 @@ def _check_terms(terms: _Terms, sde: Any, method: str | None, logqp: bool) -> No
         )
     if terms.f_and_g_prod is None:
         raise TypeError(f"sde has no drift: define a method f(t, y) (or f_and_g, f_and_g_prod); {name} has none")
-    if (method in ("milstein", "srk") or logqp) and (terms.f is None or terms.g is None):
+    if (method in ("milstein", "srk", "reversible_heun") or logqp) and (terms.f is None or terms.g is None):
         needs = "logqp=True" if logqp else f"method {method!r}"
         raise TypeError(
             f"{needs} needs the drift f and the diffusion g themselves (f and g, or f_and_g); {name} has not"
@@ -996,6 +996,8 @@ def sdeint(
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     noise_type, sde_type = _check_sde_types(sde)
     terms = _Terms.of(sde, noise_type, names)
+    if backend == "dedl" and method is None:
+        method = _default_method(sde_type, noise_type)
     _check_terms(terms, sde, method, logqp)
     if not isinstance(y0, Tensor):
         raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
@@ -1035,8 +1037,6 @@ def sdeint(
             "adaptive=True: dedl's sdeint steps with a fixed dt only; drop adaptive (and set dt), or use "
             "backend='torchsde' for torchsde's adaptive stepping"
         )
-    if method is None:
-        method = _default_method(sde_type, noise_type)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {tuple(METHODS)}")
     if sde_type not in METHODS[method]:
@@ -1056,8 +1056,6 @@ def sdeint(
         raise ValueError("option 'grad_free' applies to method='milstein' only")
     if extra_solver_state and method != "reversible_heun":
         raise ValueError(f"extra_solver_state: method {method!r} keeps no solver state (pass None or ())")
-    if method == "reversible_heun" and (terms.f is None or terms.g is None):
-        raise TypeError("method 'reversible_heun' carries the diffusion g itself: the SDE needs g (or f_and_g)")
 
     if not torch.isfinite(y0).all():
         raise FloatingPointError(f"y0 holds NaN or Inf at t={times_list[0]}")
