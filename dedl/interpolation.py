@@ -23,23 +23,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dedl.solvers.timegrid import check_time_grid
+
 __all__ = ["fill_missing", "LinearInterpolation", "NaturalCubicSpline"]
 
 FILL_METHODS = ("linear", "forward")
 
 
 def _check_times(t: Tensor | list | tuple, like: Tensor | None = None) -> Tensor:
-    t = torch.as_tensor(t)
+    t = check_time_grid(t, "times", min_points=2, increasing=True)
     if like is not None:
         t = t.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.get_default_dtype())
-    elif not t.is_floating_point():
-        t = t.to(torch.get_default_dtype())
-    if t.dim() != 1 or t.numel() < 2:
-        raise ValueError(f"times must be a 1-D tensor of at least two times, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError("times must be finite (no NaN or inf)")
-    if not (t[1:] > t[:-1]).all():
-        raise ValueError("times must be strictly increasing")
     return t
 
 

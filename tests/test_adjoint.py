@@ -7,8 +7,13 @@ import torch
 from torch import nn
 
 from dedl.solvers import odeint, odeint_adjoint
+from dedl.utils import NFECounter
 
-torchdiffeq = pytest.importorskip("torchdiffeq")
+
+@pytest.fixture
+def torchdiffeq():
+    """torchdiffeq, for the comparisons with it; only they skip where it is not installed."""
+    return pytest.importorskip("torchdiffeq")
 
 
 class Field(nn.Module):
@@ -95,7 +100,7 @@ def test_adjoint_float32():
         assert float((a - b).norm() / b.norm()) < 1e-3
 
 
-def test_adjoint_backend_torchdiffeq_same_gradients():
+def test_adjoint_backend_torchdiffeq_same_gradients(torchdiffeq):
     func, y0 = make()
     t = torch.linspace(0, 1, 3, dtype=torch.float64)
     kw = SETTINGS["dopri5"]
@@ -207,10 +212,38 @@ def test_odeint_time_gradients_match_finite_differences_and_the_adjoint(kw):
         assert float(g_t[i]) == pytest.approx(float(fd), rel=1e-4, abs=1e-5)
 
 
-def test_odeint_time_gradients_match_torchdiffeq():
+def test_odeint_time_gradients_match_torchdiffeq(torchdiffeq):
     func, y0 = make()
     t = torch.tensor([0.2, 0.5, 1.1], dtype=torch.float64, requires_grad=True)
     kw = dict(method="dopri5", rtol=1e-10, atol=1e-12)
     ours = torch.autograd.grad(loss_of(odeint(func, y0, t, **kw)), t)[0]
     theirs = torch.autograd.grad(loss_of(torchdiffeq.odeint(func, y0, t, **kw)), t)[0]
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_adjoint_seminorm_keeps_the_gradient_and_takes_no_more_backward_steps():
+    """Kidger, Chen and Lyons (2021): leaving the parameter adjoint out of the backward error norm saves steps."""
+    func, y0 = make()
+    t = torch.linspace(0, 2, 3, dtype=torch.float64)
+    counted = NFECounter(func)
+    params = tuple(func.parameters())
+    kw = dict(method="dopri5", rtol=1e-6, atol=1e-8)
+    costs, grads = {}, {}
+    for norm in (None, "seminorm"):
+        ys = odeint_adjoint(counted, y0, t, adjoint_params=params, **kw,
+                            adjoint_options=None if norm is None else {"norm": norm})
+        counted.reset()
+        grads[norm] = torch.autograd.grad(loss_of(ys), (y0, *params))
+        costs[norm] = counted.nfe
+    exact = torch.autograd.grad(loss_of(odeint(func, y0, t, method="dopri5", rtol=1e-11, atol=1e-12)), (y0, *params))
+    for g, e in zip(grads["seminorm"], exact):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    assert costs["seminorm"] < costs[None], costs
+
+
+def test_adjoint_options_are_checked_at_the_call():
+    func, y0 = make()
+    with pytest.raises(ValueError, match="unknown option"):
+        odeint_adjoint(func, y0, [0.0, 1.0], adjoint_options={"norm": "seminorm", "stepsize": 0.1})
+    with pytest.raises(TypeError, match="norm"):
+        odeint_adjoint(func, y0, [0.0, 1.0], adjoint_options={"norm": "l2"})

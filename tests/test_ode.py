@@ -19,7 +19,11 @@ from dedl.solvers import (
 )
 from dedl.utils import NFECounter
 
-torchdiffeq = pytest.importorskip("torchdiffeq")
+
+@pytest.fixture
+def torchdiffeq():
+    """torchdiffeq, for the comparisons with it; only they skip where it is not installed."""
+    return pytest.importorskip("torchdiffeq")
 
 
 # y1' = y1 cos t  -> y1 = exp(sin t);   y2' = -2 t y2 -> y2 = exp(-t^2)  (closed forms)
@@ -135,14 +139,14 @@ SAME_FIXED = [("euler", "euler"), ("midpoint", "midpoint"), ("heun", "heun2"), (
 
 
 @pytest.mark.parametrize("ours,theirs", SAME_FIXED)
-def test_fixed_step_agrees_with_torchdiffeq(ours, theirs):
+def test_fixed_step_agrees_with_torchdiffeq(ours, theirs, torchdiffeq):
     t = torch.linspace(0, T_END, 41, dtype=torch.float64)
     y = odeint(field, Y0, t, method=ours)
     y_td = torchdiffeq.odeint(field, Y0, t, method=theirs)
     torch.testing.assert_close(y, y_td, rtol=1e-12, atol=1e-12)
 
 
-def test_classical_rk4_close_to_torchdiffeq_rk4():
+def test_classical_rk4_close_to_torchdiffeq_rk4(torchdiffeq):
     t = torch.linspace(0, T_END, 201, dtype=torch.float64)
     y = odeint(field, Y0, t, method="rk4")
     y_td = torchdiffeq.odeint(field, Y0, t, method="rk4")  # the 3/8 rule: same order, other constants
@@ -150,7 +154,7 @@ def test_classical_rk4_close_to_torchdiffeq_rk4():
 
 
 @pytest.mark.parametrize("method", ["bosh3", "dopri5"])
-def test_adaptive_agrees_with_torchdiffeq(method):
+def test_adaptive_agrees_with_torchdiffeq(method, torchdiffeq):
     # bosh3: compare at the end point only, torchdiffeq's bosh3 interpolation is less accurate than its steps
     t = torch.linspace(0, T_END, 5 if method == "dopri5" else 2, dtype=torch.float64)
     y = odeint(field, Y0, t, method=method, rtol=1e-9, atol=1e-10)
@@ -159,7 +163,7 @@ def test_adaptive_agrees_with_torchdiffeq(method):
 
 
 @pytest.mark.parametrize("method", ["euler", "heun", "rk4_38", "bosh3", "dopri5"])
-def test_backend_torchdiffeq_gives_same_answer(method):
+def test_backend_torchdiffeq_gives_same_answer(method, torchdiffeq):
     t = torch.linspace(0, T_END, 2 if method == "bosh3" else 11, dtype=torch.float64)
     y = odeint(field, Y0, t, method=method, rtol=1e-9, atol=1e-10)
     y_td = odeint(field, Y0, t, method=method, rtol=1e-9, atol=1e-10, backend="torchdiffeq")
@@ -263,7 +267,7 @@ def test_t_not_monotone():
 
 
 def test_t_empty():
-    with pytest.raises(ValueError, match="at least one time point"):
+    with pytest.raises(ValueError, match="at least 1 time point"):
         odeint(field, Y0, torch.tensor([]))
 
 
@@ -347,7 +351,7 @@ def test_y0_not_tensor():
         odeint(field, [1.0, 1.0], T01)
 
 
-def test_torchdiffeq_backend_rejects_multistep():
+def test_torchdiffeq_backend_rejects_multistep(torchdiffeq):
     with pytest.raises(ValueError, match="torchdiffeq has no"):
         odeint(field, Y0, T01, method="adams_bashforth2", backend="torchdiffeq")
 
@@ -402,3 +406,37 @@ def test_jump_t_restarts_the_adaptive_solver_and_step_t_does_not():
 def test_bad_jump_t(bad):
     with pytest.raises((ValueError, TypeError), match="jump_t"):
         odeint(field, Y0, [0.0, 1.0], method="rk4", options={"jump_t": bad})
+
+
+def test_norm_option():
+    """A max norm is stricter than the default RMS norm on a 2-D state: more steps, and a smaller error."""
+    t = torch.tensor([0.0, T_END], dtype=torch.float64)
+    rms, sup = {}, {}
+    y_rms = odeint(field, Y0, t, rtol=1e-6, atol=1e-9, options={"stats": rms})
+    y_sup = odeint(field, Y0, t, rtol=1e-6, atol=1e-9, options={"stats": sup, "norm": lambda x: x.abs().max()})
+    assert sup["nfe"] >= rms["nfe"]
+    assert float((y_sup[-1] - exact(T_END)).abs().max()) <= float((y_rms[-1] - exact(T_END)).abs().max())
+    with pytest.raises(TypeError, match="norm"):
+        odeint(field, Y0, t, options={"norm": "max"})
+    with pytest.raises(ValueError, match="unknown option"):
+        odeint(field, Y0, t, method="rk4", options={"norm": lambda x: x.abs().max()})
+
+
+def test_perturb_reads_one_sided_limits_at_every_step_boundary():
+    """With the jumps among the output times, perturb alone makes rk4 exact on the square wave."""
+    t = torch.tensor([0.0, 0.7, 1.0, 1.3, 2.0], dtype=torch.float64)
+    y0 = torch.zeros(1, dtype=torch.float64)
+    assert (odeint(square_wave, y0, t, method="rk4", options={"perturb": True})[:, 0]
+            - square_wave_solution(t)).abs().max() < 1e-12
+    assert (odeint(square_wave, y0, t, method="rk4")[:, 0] - square_wave_solution(t)).abs().max() > 0.1
+    with pytest.raises(ValueError, match="unknown option"):
+        odeint(square_wave, y0, t, method="adams_bashforth2", options={"perturb": True})
+
+
+@pytest.mark.parametrize("backend", ["dedl", "torchdiffeq"])
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_unknown_option_raises_under_both_backends(backend, method):
+    if backend == "torchdiffeq":
+        pytest.importorskip("torchdiffeq")
+    with pytest.raises(ValueError, match="unknown option"):
+        odeint(field, Y0, [0.0, 1.0], method=method, options={"stepsize": 0.1}, backend=backend)

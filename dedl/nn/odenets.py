@@ -27,6 +27,7 @@ from dedl.interpolation import LinearInterpolation, NaturalCubicSpline
 from dedl.nn.checks import positive_float, positive_int
 from dedl.nn.classifier import ImageClassifier
 from dedl.solvers import odeint, odeint_adjoint
+from dedl.solvers.timegrid import check_time_grid
 from dedl.utils import NFECounter
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -40,15 +41,7 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 def _time_grid(t: Sequence[float] | Tensor) -> Tensor:
     """A strictly monotone 1-D tensor of at least two times (float64, moved and cast at each call)."""
-    grid = torch.as_tensor(t, dtype=torch.float64).detach().clone()
-    if grid.dim() != 1 or grid.numel() < 2:
-        raise ValueError(f"t must be a 1-D sequence of at least two times, got shape {tuple(grid.shape)}")
-    if not torch.isfinite(grid).all():
-        raise ValueError("t must be finite")
-    steps = grid[1:] - grid[:-1]
-    if not ((steps > 0).all() or (steps < 0).all()):
-        raise ValueError(f"t must be strictly increasing or strictly decreasing, got {grid.tolist()}")
-    return grid
+    return check_time_grid(t, min_points=2).to(torch.float64).clone()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -497,10 +490,7 @@ def _check_series(times: Tensor, values: Tensor, mask: Tensor | None, channels: 
             f"times must be 1-D with one entry per time point of values ({values.shape[1]}), "
             f"got shape {tuple(times.shape)}"
         )
-    if times.shape[0] < 2:
-        raise ValueError("a series needs at least two time points")
-    if not torch.isfinite(times).all() or not (times[1:] > times[:-1]).all():
-        raise ValueError("times must be finite and strictly increasing")
+    check_time_grid(times, "times", min_points=2, increasing=True)
     if mask is None:
         mask = ~torch.isnan(values)
     else:

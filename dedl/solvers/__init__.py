@@ -1,7 +1,8 @@
 """ODE and SDE solvers: the ground floor of dedl, depending on torch alone.
 
 ``odeint(func, y0, t, method=..., rtol=..., atol=..., options=..., backend="dedl" | "torchdiffeq")``
-mirrors :func:`torchdiffeq.odeint`; ``odeint_adjoint`` computes gradients with the adjoint ODE.
+mirrors :func:`torchdiffeq.odeint`; ``odeint_adjoint`` computes gradients with the adjoint ODE; ``odeint_event``
+stops a solve where an event function changes sign, with gradients through the event time.
 ``sdeint(sde, y0, ts, bm=..., method=..., dt=..., backend="dedl" | "torchsde")`` mirrors :func:`torchsde.sdeint`
 (Euler-Maruyama, Milstein, Rößler's srk, stochastic Heun, midpoint, reversible Heun); ``BrownianPath`` is one
 reusable Brownian sample path.
@@ -26,9 +27,12 @@ from dedl.solvers.ode import (
     RK4_38,
     TABLEAUX,
     ButcherTableau,
+    PIController,
     euler_step,
     odeint,
+    odeint_event,
     rk_step,
+    rms_norm,
 )
 from dedl.solvers.sde import (
     BrownianPath,
@@ -45,6 +49,8 @@ from dedl.solvers.sde import (
 __all__ = [
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
+    "PIController",
     "ButcherTableau",
     "EULER",
     "MIDPOINT",
@@ -58,6 +64,7 @@ __all__ = [
     "BACKENDS",
     "euler_step",
     "rk_step",
+    "rms_norm",
     "ADAMS_BASHFORTH",
     "adams_bashforth_coefficients",
     "adams_bashforth_weights",

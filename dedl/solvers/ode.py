@@ -1,25 +1,31 @@
 """Explicit Runge-Kutta solvers for ``dy/dt = f(t, y)``, all driven by Butcher tableaux.
 
 Every explicit Runge-Kutta method is one :class:`ButcherTableau` (Butcher's array ``c | A | b``,
-{cite}`butcher2016numerical`) and one of two stepping loops: a fixed-step loop (``euler``, ``midpoint``,
-``heun``, ``rk4``, ``rk4_38``) and an adaptive loop for tableaux with an embedded error estimate
-(``bosh3`` {cite}`bogacki1989pair`, ``dopri5`` {cite}`dormand1980family`), with an I or PI step-size controller
-and Hairer's automatic first step {cite}`hairer1993solving` (Sec. II.4). Linear multistep methods
-(``adams_bashforth2/3/4``) live in :mod:`dedl.solvers.multistep`; :func:`odeint` dispatches to both and,
-with ``backend="torchdiffeq"``, to :func:`torchdiffeq.odeint`.
+{cite}`butcher2016numerical`), and every step is the one stage loop (``_rk_stages``), in the diffrax manner
+of separate pieces: a fixed grid (``euler``, ``midpoint``, ``heun``, ``rk4``, ``rk4_38``; cut at the output,
+``step_t`` and ``jump_t`` times) or the accepted steps of an embedded pair (``bosh3`` {cite}`bogacki1989pair`,
+``dopri5`` {cite}`dormand1980family`) under a :class:`PIController` (I or PI control, landing on ``step_t`` /
+``jump_t``) with Hairer's automatic first step {cite}`hairer1993solving` (Sec. II.4); then a save-at stage that
+reads the outputs off the steps by dense output, or an event search (:func:`odeint_event`,
+{cite}`chen2021learning`). Linear multistep methods (``adams_bashforth2/3/4``) live in
+:mod:`dedl.solvers.multistep`; :func:`odeint` dispatches to both and, with ``backend="torchdiffeq"``, to
+:func:`torchdiffeq.odeint`.
 
 This module depends on torch alone.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
+
+from dedl.solvers.timegrid import check_time_grid
 
 Func = Callable[[Tensor, Tensor], Tensor]
 
@@ -36,6 +42,9 @@ __all__ = [
     "METHODS",
     "BACKENDS",
     "odeint",
+    "odeint_event",
+    "PIController",
+    "rms_norm",
     "rk_step",
     "euler_step",
 ]
@@ -234,9 +243,11 @@ _TORCHDIFFEQ_NAMES = {
     "dopri5": "dopri5",
 }
 
-_FIXED_OPTIONS = ("step_size", "jump_t", "step_t", "max_num_steps", "stats")
+_MULTISTEP_OPTIONS = ("step_size", "jump_t", "step_t", "max_num_steps", "stats")
+_FIXED_OPTIONS = _MULTISTEP_OPTIONS + ("perturb",)
 _ADAPTIVE_OPTIONS = (
-    "first_step", "max_step", "jump_t", "step_t", "max_num_steps", "safety", "ifactor", "dfactor", "beta", "stats"
+    "first_step", "max_step", "jump_t", "step_t", "norm", "max_num_steps", "safety", "ifactor", "dfactor", "beta",
+    "stats",
 )
 DEFAULT_MAX_NUM_STEPS = 1_000_000
 
@@ -329,26 +340,7 @@ def _check_y0_t(func: Any, y0: Any, t: Any) -> tuple[Tensor, Tensor]:
         raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
     if not torch.is_floating_point(y0):
         raise TypeError(f"y0 must be a floating-point tensor (float32 or float64), got dtype {y0.dtype}")
-    if not isinstance(t, Tensor):
-        try:
-            t = torch.as_tensor(t)
-        except Exception as err:  # noqa: BLE001 - re-raised with a clear message
-            raise TypeError(f"t must be a 1-D tensor of times, got {type(t).__name__}") from err
-    if t.ndim != 1:
-        raise ValueError(f"t must be a 1-D tensor of times, got shape {tuple(t.shape)}")
-    if t.numel() < 1:
-        raise ValueError("t must hold at least one time point (the initial time), got an empty tensor")
-    if t.is_complex():
-        raise TypeError("t must be real")
-    t = t.detach().to(device=y0.device)
-    t64 = t.to(torch.float64)
-    if not bool(torch.isfinite(t64).all()):
-        raise ValueError("t must be finite, got NaN or Inf")
-    if t.numel() > 1:
-        dt = t64[1:] - t64[:-1]
-        if not (bool((dt > 0).all()) or bool((dt < 0).all())):
-            raise ValueError("t must be strictly monotone (strictly increasing or strictly decreasing)")
-    return y0, t
+    return y0, check_time_grid(t).to(device=y0.device)
 
 
 def _check_tol(name: str, tol: Any) -> None:
@@ -391,6 +383,10 @@ def _check_options(options: dict | None, valid: Sequence[str], method_name: str)
     for key in ("jump_t", "step_t"):
         if options.get(key) is not None:
             options[key] = _check_time_points(key, options[key])
+    if not isinstance(options.get("perturb", False), bool):
+        raise TypeError(f"options['perturb'] must be True or False, got {options['perturb']!r}")
+    if options.get("norm") is not None and not callable(options["norm"]):
+        raise TypeError(f"options['norm'] must be a callable norm(tensor) -> scalar, got {options['norm']!r}")
     return options
 
 
@@ -486,18 +482,20 @@ def _fixed_steps(grid: list[Segment]) -> Iterator[tuple[float, float, float, boo
 _CHUNK = 16  # steps whose stage times are made at once (one tensor, split into 0-d views)
 
 
-def _rk_fixed(func: Func, y0: Tensor, grid: list[Segment], tab: ButcherTableau) -> Tensor:
+def _rk_fixed(func: Func, y0: Tensor, grid: list[Segment], tab: ButcherTableau, perturb: bool = False) -> Tensor:
     """Integrate with an explicit RK tableau on the fixed ``grid``; the states at the output times.
 
     The step of :func:`rk_step` (:func:`_rk_stages`), with the stage times of a chunk of steps made in one
     tensor, so that the loop costs little beyond the ``stages`` evaluations of ``func`` per step. The outputs
-    are stacked once at the end."""
+    are stacked once at the end. ``perturb`` reads one-sided limits at both ends of every step, as if each
+    step boundary were a jump (torchdiffeq's ``perturb``)."""
     steps = _fixed_steps(grid)
     out = [y0]
     y = y0
     first = True
     while chunk := list(itertools.islice(steps, _CHUNK)):
-        times = _stage_times(tab.c, [(t0, t1, h, j0, j1) for t0, t1, h, _, j0, j1 in chunk], y0.dtype, y0.device)
+        chunk_steps = [(t0, t1, h, j0 or perturb, j1 or perturb) for t0, t1, h, _, j0, j1 in chunk]
+        times = _stage_times(tab.c, chunk_steps, y0.dtype, y0.device)
         for n, (_, _, h, lands, _, _) in enumerate(chunk):
             stage_times = times[n * tab.stages : (n + 1) * tab.stages]
             ks: list[Tensor] = []
@@ -516,29 +514,35 @@ def _rk_fixed(func: Func, y0: Tensor, grid: list[Segment], tab: ButcherTableau) 
 # --------------------------------------------------------------------------------------------------
 
 
-def _error_ratio(err: Tensor, y: Tensor, y1: Tensor, rtol: float | Tensor, atol: float | Tensor) -> float:
-    r"""RMS norm of ``err / (atol + rtol max(|y|, |y1|))`` (Hairer et al. 1993, eq. II.4.11)."""
+def rms_norm(x: Tensor) -> float:
+    r"""The root mean square :math:`\sqrt{\frac1n \sum_i x_i^2}`, the default norm of the error estimate
+    (Hairer et al. 1993 {cite}`hairer1993solving`, eq. II.4.11), as a Python float (divided in float64)."""
+    return float(torch.linalg.vector_norm(x)) / math.sqrt(max(x.numel(), 1))
+
+
+def _error_ratio(err: Tensor, y: Tensor, y1: Tensor, rtol: Any, atol: Any, norm: Callable[[Tensor], Any]) -> float:
+    r"""``norm(err / (atol + rtol max(|y|, |y1|)))`` (Hairer et al. 1993, eq. II.4.11)."""
     with torch.no_grad():
         scale = torch.maximum(y.abs(), y1.abs()).mul_(rtol).add_(atol)
-        return float(torch.linalg.vector_norm(err / scale)) / math.sqrt(max(err.numel(), 1))
+        return float(norm(err / scale))
 
 
 def _initial_step(
-    func: Func, t0: float, y0: Tensor, f0: Tensor, order: int, rtol: Any, atol: Any, direction: float
+    func: Func, t0: float, y0: Tensor, f0: Tensor, order: int, rtol: Any, atol: Any, direction: float,
+    norm: Callable[[Tensor], Any],
 ) -> float:
     """Hairer's automatic choice of the first step (Hairer et al. 1993, Sec. II.4, 'Starting step size').
 
     ``order`` is that of the error estimate (4 for dopri5), as in Hairer's code and scipy, so that
     ``h1 = (0.01 / max(d1, d2)) ** (1 / (order + 1))``. Costs one extra evaluation of ``func``."""
-    n = math.sqrt(max(y0.numel(), 1))
     with torch.no_grad():
         scale = (y0.abs() * rtol + atol)
-        d0 = float(torch.linalg.vector_norm(y0 / scale)) / n
-        d1 = float(torch.linalg.vector_norm(f0 / scale)) / n
+        d0 = float(norm(y0 / scale))
+        d1 = float(norm(f0 / scale))
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
         y1 = torch.add(y0, f0, alpha=direction * h0)
         f1 = func(torch.tensor(t0 + direction * h0, dtype=y0.dtype, device=y0.device), y1)
-        d2 = float(torch.linalg.vector_norm((f1 - f0) / scale)) / n / h0
+        d2 = float(norm((f1 - f0) / scale)) / h0
     if not (math.isfinite(d1) and math.isfinite(d2)):
         raise FloatingPointError(f"func returned NaN or Inf near t = {t0:.6g} while choosing the first step")
     if max(d1, d2) <= 1e-15:
@@ -548,40 +552,101 @@ def _initial_step(
     return min(100 * h0, h1)
 
 
-def _rk_adaptive(
-    func: Func,
-    y0: Tensor,
-    t_list: list[float],
-    tab: ButcherTableau,
-    rtol: Any,
-    atol: Any,
-    options: dict,
-) -> Tensor:
-    """Adaptive explicit RK with an embedded pair, PI step control and dense output onto ``t``."""
+@dataclass
+class PIController:
+    r"""Step-size control for an embedded Runge-Kutta pair: Gustafsson's PI controller (beta > 0) or the classical
+    I controller (beta = 0), with the stops that steps must land on (Hairer et al. 1993 {cite}`hairer1993solving`,
+    Sec. II.4 and eq. IV.2.43c; Hairer et al. 1996 {cite}`hairer1996solving`, Sec. IV.2).
+
+    After a step of size :math:`h` whose error ratio (the norm of the scaled error) is :math:`r_n`,
+
+    .. math:: h_{\text{new}} = h \cdot \min\big(\text{ifactor}, \max(\text{dfactor},\;
+              \text{safety}\; r_n^{-\alpha}\, r_{n-1}^{\beta})\big),\qquad \alpha = \tfrac1{q+1} - 0.75\,\beta,
+
+    with :math:`q` the order of the error estimate and :math:`r_{n-1}` the ratio of the previous accepted step
+    (dopri5.f's choice of :math:`\alpha`). A step is accepted when :math:`r_n \le 1`; after a rejection the step
+    does not grow. ``stops`` (``step_t`` and ``jump_t``, as diffrax's ``step_ts`` / ``jump_ts``) and ``t_end``
+    are landed on exactly: a step that would pass one, or end within 1% short of it, is cut or stretched onto it
+    (Hairer's dopri5.f does so for the end point).
+    """
+
+    order: int
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    beta: float = 0.0
+    max_step: float = math.inf
+    stops: Sequence[float] = ()
+    t_end: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not (0 < self.safety <= 1 and self.ifactor >= 1 and 0 < self.dfactor <= 1 and 0 <= self.beta < 0.2):
+            raise ValueError(
+                "need 0 < safety <= 1, ifactor >= 1, 0 < dfactor <= 1 and 0 <= beta < 0.2, got "
+                f"safety={self.safety}, ifactor={self.ifactor}, dfactor={self.dfactor}, beta={self.beta}"
+            )
+        if not self.max_step > 0:
+            raise ValueError(f"max_step must be > 0, got {self.max_step}")
+        self.alpha = 1.0 / (self.order + 1) - 0.75 * self.beta
+        self.ratio_old = 1e-4
+        self.rejected_last = False
+        self.next_stop = 0
+
+    def landing(self, t: float, h: float, direction: float) -> tuple[float, float, bool]:
+        """Clip a proposed step ``h > 0`` from ``t``: ``(h, t_new, lands)``, ``lands`` when ``t_new`` is the next
+        stop or ``t_end`` exactly."""
+        target = self.stops[self.next_stop] if self.next_stop < len(self.stops) else self.t_end
+        if 1.01 * h >= abs(target - t):
+            return abs(target - t), target, True
+        return h, t + direction * h, False
+
+    def accept(self, h: float, ratio: float, landed: bool) -> tuple[bool, float]:
+        """Judge a step of size ``h`` with error ratio ``ratio``: ``(accepted, next step size)``."""
+        if ratio <= 1.0:
+            factor = self.ifactor if ratio == 0.0 else self.safety * ratio ** (-self.alpha) * self.ratio_old**self.beta
+            factor = min(self.ifactor, max(self.dfactor, factor))
+            if self.rejected_last:
+                factor = min(factor, 1.0)
+            self.ratio_old = max(ratio, 1e-4)
+            self.rejected_last = False
+            if landed and self.next_stop < len(self.stops):
+                self.next_stop += 1
+            return True, min(h * factor, self.max_step)
+        self.rejected_last = True
+        return False, min(h * max(self.dfactor, self.safety * ratio ** (-self.alpha)), self.max_step)
+
+
+class _Accepted(NamedTuple):
+    """One accepted step from ``t`` to ``t_new``: what the dense output needs (``f_new``: ``f`` at ``t_new``, from
+    the left where the field jumps there)."""
+
+    t: float
+    t_new: float
+    y: Tensor
+    y1: Tensor
+    ks: list[Tensor]
+    f_new: Tensor
+
+
+def _rk_adaptive_steps(
+    func: Func, y0: Tensor, t0: float, t_end: float, tab: ButcherTableau, rtol: Any, atol: Any, options: dict
+) -> Iterator[_Accepted]:
+    """The accepted steps of an embedded Runge-Kutta pair from ``t0`` to ``t_end`` (``+-inf`` for an event
+    search), under a :class:`PIController`; fills ``options["stats"]`` when the generator finishes or closes."""
     dtype, device = y0.dtype, y0.device
-    t0, t_end = t_list[0], t_list[-1]
     direction = 1.0 if t_end > t0 else -1.0
     max_num_steps = options["max_num_steps"]
-    safety = float(options.get("safety", 0.9))
-    ifactor = float(options.get("ifactor", 10.0))
-    dfactor = float(options.get("dfactor", 0.2))
-    beta = float(options.get("beta", 0.0))
-    max_step = float(options.get("max_step") or math.inf)
+    norm = options.get("norm") or rms_norm
     stats = options.get("stats")
-    if not (0 < safety <= 1 and ifactor >= 1 and 0 < dfactor <= 1 and 0 <= beta < 0.2):
-        raise ValueError(
-            "need 0 < safety <= 1, ifactor >= 1, 0 < dfactor <= 1 and 0 <= beta < 0.2, got "
-            f"safety={safety}, ifactor={ifactor}, dfactor={dfactor}, beta={beta}"
-        )
+    stops, jumps = _stops([t0, t_end], options)
     q = min(tab.order, tab.error_order or tab.order - 1)
-    alpha = 1.0 / (q + 1) - 0.75 * beta  # PI controller exponents (Hairer et al. 1993, Sec. IV.2 / dopri5.f)
+    control = PIController(
+        order=q, safety=float(options.get("safety", 0.9)), ifactor=float(options.get("ifactor", 10.0)),
+        dfactor=float(options.get("dfactor", 0.2)), beta=float(options.get("beta", 0.0)),
+        max_step=float(options.get("max_step") or math.inf), stops=stops, t_end=t_end,
+    )
     eps = torch.finfo(dtype).eps
-    s = tab.stages
     ew = tuple((j, bj - ej) for j, (bj, ej) in enumerate(zip(tab.b, tab.b_error)) if bj - ej != 0.0)
-    fsal = tab.fsal
-    dense = tab.dense
-    stops, jumps = _stops(t_list, options)
-    i_stop = 0  # the next stop (step_t or jump_t) to land on
 
     def one_sided(x: float, toward: float) -> Tensor:
         """The time ``x``, one unit in the last place toward ``toward`` where the field jumps at ``x``."""
@@ -593,98 +658,83 @@ def _rk_adaptive(
     if options.get("first_step") is not None:
         h = options["first_step"]
     else:
-        h = _initial_step(func, t0, y0, k1, q, rtol, atol, direction)
+        h = _initial_step(func, t0, y0, k1, q, rtol, atol, direction, norm)
         nfe += 1
-    h = min(h, max_step, abs(t_end - t0))
-
-    out = [y0]
-    j_out = 1  # next output to fill
-    n_out = len(t_list)
+    h = min(h, control.max_step, abs(t_end - t0))
     t, y = t0, y0
-    err_old = 1e-4
-    rejected_last = False
-    n_steps = n_accepted = n_rejected = 0
+    n_steps = n_accepted = 0
     step_t: list[float] = []
     step_h: list[float] = []
-    while j_out < n_out:
-        if n_steps >= max_num_steps:
-            raise RuntimeError(
-                f"max_num_steps = {max_num_steps} exceeded at t = {t:.6g} (integrating to {t_end:.6g}); "
-                "the problem may be stiff: loosen rtol/atol, raise options['max_num_steps'] or use another method"
-            )
-        n_steps += 1
-        target = stops[i_stop] if i_stop < len(stops) else t_end
-        # as in Hairer's dopri5.f: stretch by up to 1% to land on t_end (here also on a step_t / jump_t)
-        lands = 1.01 * h >= abs(target - t)
-        if lands:
-            h = abs(target - t)
-        hs = direction * h
-        t_new = target if lands else t + hs
-        jump = lands and t_new in jumps  # the stages at t_new see the field's left limit there
-        times = _stage_times(tab.c, [(t, t_new, hs, False, jump)], dtype, device)
-        ks, u = _rk_stages(func, y, hs, tab.a_nonzero, times, [k1])
-        nfe += s - 1
-        y1 = u if fsal else _rk_combine(y, ks, hs, tab.b_nonzero)
-        with torch.no_grad():
-            j, ej = ew[0]
-            err = ks[j] * (hs * ej)
-            for j, ej in ew[1:]:
-                err.add_(ks[j], alpha=hs * ej)
-        ratio = _error_ratio(err, y, y1, rtol, atol)
-        if not math.isfinite(ratio):
-            raise FloatingPointError(
-                f"the solution became NaN or Inf in the step from t = {t:.6g} to {t_new:.6g} "
-                f"(error estimate {ratio})"
-            )
-        if ratio <= 1.0:
-            n_accepted += 1
-            if stats is not None:
-                step_t.append(t)
-                step_h.append(hs)
-            # f(t_new, y1) from the left: FSAL reuses the last stage, otherwise one evaluation (Hermite output
-            # needs it); after a jump the next step restarts from the right limit (one more evaluation)
-            if fsal:
-                f_new = ks[-1]
-            else:
-                f_new = func(one_sided(t_new, t), y1)
-                nfe += 1
-            k1_new = f_new
-            if jump and t_new != t_end:
-                k1_new = func(one_sided(t_new, t_end), y1)
-                nfe += 1
-            if lands and t_new != t_end:
-                i_stop += 1
-            # outputs in (t, t_new]
-            while j_out < n_out and (t_list[j_out] - t_new) * direction <= 0:
-                tj = t_list[j_out]
-                if tj == t_new:
-                    out.append(y1)
+    try:
+        while t != t_end:
+            if n_steps >= max_num_steps:
+                raise RuntimeError(
+                    f"max_num_steps = {max_num_steps} exceeded at t = {t:.6g} (integrating to {t_end:.6g}); the "
+                    "problem may be stiff: loosen rtol/atol, raise options['max_num_steps'] or use another method"
+                )
+            n_steps += 1
+            h, t_new, lands = control.landing(t, h, direction)
+            hs = direction * h
+            jump = lands and t_new in jumps  # the stages at t_new see the field's left limit there
+            times = _stage_times(tab.c, [(t, t_new, hs, False, jump)], dtype, device)
+            ks, u = _rk_stages(func, y, hs, tab.a_nonzero, times, [k1])
+            nfe += tab.stages - 1
+            y1 = u if tab.fsal else _rk_combine(y, ks, hs, tab.b_nonzero)
+            with torch.no_grad():
+                j, ej = ew[0]
+                err = ks[j] * (hs * ej)
+                for j, ej in ew[1:]:
+                    err.add_(ks[j], alpha=hs * ej)
+            ratio = _error_ratio(err, y, y1, rtol, atol, norm)
+            if not math.isfinite(ratio):
+                raise FloatingPointError(
+                    f"the solution became NaN or Inf in the step from t = {t:.6g} to {t_new:.6g} "
+                    f"(error estimate {ratio})"
+                )
+            accepted, h = control.accept(h, ratio, lands)
+            if accepted:
+                n_accepted += 1
+                if stats is not None:
+                    step_t.append(t)
+                    step_h.append(hs)
+                # f(t_new, y1) from the left: FSAL reuses the last stage, otherwise one evaluation (Hermite output
+                # needs it); after a jump the next step restarts from the right limit (one more evaluation)
+                if tab.fsal:
+                    f_new = ks[-1]
                 else:
-                    theta = (tj - t) / hs
-                    out.append(_interpolate(y, y1, ks, f_new, hs, theta, dense))
-                j_out += 1
-            # PI controller (Gustafsson; Hairer et al. 1993, Sec. IV.2): h <- h * safety * err^-alpha * err_old^beta
-            factor = ifactor if ratio == 0.0 else safety * ratio ** (-alpha) * err_old**beta
-            factor = min(ifactor, max(dfactor, factor))
-            if rejected_last:
-                factor = min(factor, 1.0)
-            err_old = max(ratio, 1e-4)
-            rejected_last = False
-            t, y, k1 = t_new, y1, k1_new
-        else:
-            n_rejected += 1
-            factor = max(dfactor, safety * ratio ** (-alpha))
-            rejected_last = True
-        h = min(h * factor, max_step)
-        if h <= 16 * eps * max(abs(t), 1e-300) and j_out < n_out:
-            raise RuntimeError(
-                f"step size underflow: h = {h:.3g} at t = {t:.17g}; the solution may blow up in finite time "
-                "near this t, or the problem may be too stiff for an explicit method"
-            )
-    if stats is not None:
-        stats.update(
-            nfe=nfe, n_steps=n_steps, n_accepted=n_accepted, n_rejected=n_rejected, t=step_t, h=step_h
-        )
+                    f_new = func(one_sided(t_new, t), y1)
+                    nfe += 1
+                k1 = f_new
+                if jump and t_new != t_end:
+                    k1 = func(one_sided(t_new, t_end), y1)
+                    nfe += 1
+                yield _Accepted(t, t_new, y, y1, ks, f_new)
+                t, y = t_new, y1
+            if h <= 16 * eps * max(abs(t), 1e-300) and t != t_end:
+                raise RuntimeError(
+                    f"step size underflow: h = {h:.3g} at t = {t:.17g}; the solution may blow up in finite time "
+                    "near this t, or the problem may be too stiff for an explicit method"
+                )
+    finally:
+        if stats is not None:
+            stats.update(nfe=nfe, n_steps=n_steps, n_accepted=n_accepted, n_rejected=n_steps - n_accepted,
+                         t=step_t, h=step_h)
+
+
+def _save_at(steps: Iterator[_Accepted], y0: Tensor, t_list: list[float], dense: Any) -> Tensor:
+    """The save-at stage: the states at ``t_list`` from the accepted steps, exact where a step ends on an output
+    time, otherwise by :func:`_interpolate` (the dense output)."""
+    direction = 1.0 if t_list[-1] > t_list[0] else -1.0
+    out = [y0]
+    j = 1
+    for step in steps:
+        while j < len(t_list) and (t_list[j] - step.t_new) * direction <= 0:
+            if t_list[j] == step.t_new:
+                out.append(step.y1)
+            else:
+                theta = (t_list[j] - step.t) / (step.t_new - step.t)
+                out.append(_interpolate(step.y, step.y1, step.ks, step.f_new, step.t_new - step.t, theta, dense))
+            j += 1
     return torch.stack(out)
 
 
@@ -716,14 +766,14 @@ def _interpolate(
 
 def odeint(
     func: Func,
-    y0: Tensor,
+    y0: Tensor | tuple[Tensor, ...],
     t: Tensor | Sequence[float],
     method: str | ButcherTableau = "dopri5",
     rtol: float = 1e-7,
     atol: float = 1e-9,
     options: dict | None = None,
     backend: str = "dedl",
-) -> Tensor:
+) -> Tensor | tuple[Tensor, ...]:
     r"""Solve the initial value problem :math:`y' = f(t, y)`, :math:`y(t_0) = y_0`, at the times ``t``.
 
     Explicit Runge-Kutta methods are given by Butcher tableaux {cite}`butcher2016numerical`; the adaptive
@@ -734,7 +784,9 @@ def odeint(
         func: the vector field ``func(t, y)``, ``t`` a 0-d tensor and ``y`` a tensor shaped like ``y0``;
             it must return a tensor of the same shape, dtype and device.
         y0: the initial state, a floating-point tensor of any shape (a batch is just more dimensions).
-            The solution has its dtype and device.
+            The solution has its dtype and device. A tuple of tensors (one dtype and device) is a tuple
+            state, as in torchdiffeq: ``func`` then takes and returns tuples of the same shapes, the solution is
+            a tuple of tensors shaped ``(len(t), *y0[k].shape)``, and a ``norm`` option sees the flat vector.
         t: 1-D, strictly increasing or strictly decreasing times (decreasing integrates backward);
             ``t[0]`` is the initial time. When ``t`` requires grad, gradients flow into it: those of the exact flow,
             :math:`\partial y(t_i)/\partial t_i = f(t_i, y_i)` and the shift of the whole trajectory by
@@ -746,11 +798,17 @@ def odeint(
         rtol, atol: relative and absolute tolerance of the adaptive methods (floats, or tensors that
             broadcast against ``y0``). A step is accepted when the RMS norm of
             ``error / (atol + rtol * max(|y_n|, |y_{n+1}|))`` is at most 1. Ignored by fixed-step methods.
-        options: a dict. Fixed-step methods:
+        options: a dict; an option the method does not take raises ``ValueError`` (under both backends).
+            Fixed-step methods:
 
             * ``step_size``: the largest step. Each interval between consecutive output times is cut
               into ``ceil(|t_{i+1} - t_i| / step_size)`` equal steps, so the steps land exactly on every
               output time (no interpolation). Without it, the steps are the intervals of ``t``.
+              **Not torchdiffeq's meaning**: with ``backend="torchdiffeq"`` the grid is
+              ``t[0], t[0] + step_size, ...`` regardless of the output times, which are then interpolated
+              (linearly by default); the two agree when ``step_size`` divides every output interval.
+            * ``perturb`` (Runge-Kutta methods, default ``False``): read one-sided limits at both ends of every
+              step (as torchdiffeq's ``perturb``), as if every step boundary were in ``jump_t``.
             * ``max_num_steps`` (default 1,000,000): checked before the solve starts.
 
             Both kinds (as torchdiffeq's adaptive solvers; diffrax calls them ``step_ts`` / ``jump_ts``):
@@ -770,6 +828,8 @@ def odeint(
 
             * ``first_step``: the first step size (default: Hairer's algorithm, one extra evaluation).
             * ``max_step``: an upper bound on the step size (default: none).
+            * ``norm``: a callable ``norm(x) -> scalar`` applied to the scaled error
+              ``error / (atol + rtol * max(|y_n|, |y_{n+1}|))`` (default :func:`rms_norm`), as torchdiffeq's.
             * ``max_num_steps`` (default 1,000,000): bound on attempted (accepted + rejected) steps;
               exceeding it raises ``RuntimeError``.
             * ``safety`` (0.9), ``ifactor`` (10, largest growth), ``dfactor`` (0.2, largest shrink),
@@ -804,6 +864,7 @@ def odeint(
         raise ValueError(f"unknown backend {backend!r}; valid backends are {', '.join(map(repr, BACKENDS))}")
     if backend == "torchdiffeq":
         return _torchdiffeq_call("odeint", func, y0, t, method, rtol, atol, options)
+    func, y0, shapes = _flat_state(func, y0)
     t_in = t
     y0, t = _check_y0_t(func, y0, t)
     method = _resolve_method(method)
@@ -811,8 +872,50 @@ def odeint(
     _check_tol("atol", atol)
     if isinstance(t_in, Tensor) and t_in.requires_grad and torch.is_grad_enabled():
         solve = lambda z0: _solve(func, z0, t, method, rtol, atol, options)  # noqa: E731
-        return _with_time_gradient(func, y0, t, t_in.to(y0.device), solve)
-    return _solve(func, y0, t, method, rtol, atol, options)
+        solution = _with_time_gradient(func, y0, t, t_in.to(y0.device), solve)
+    else:
+        solution = _solve(func, y0, t, method, rtol, atol, options)
+    return solution if shapes is None else _unflatten(solution, shapes)
+
+
+class _TupleFunc:
+    """``func`` on a tuple state, seen by the solvers as a function of one flat vector (torchdiffeq's convention)."""
+
+    def __init__(self, func: Callable[[Tensor, tuple[Tensor, ...]], Sequence[Tensor]], shapes: list[torch.Size]):
+        self.func = func
+        self.shapes = shapes
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        out = self.func(t, _unflatten(y, self.shapes))
+        if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
+            raise TypeError(f"for a tuple state of {len(self.shapes)} tensors func must return a tuple of as many")
+        for k, (o, shape) in enumerate(zip(out, self.shapes)):
+            if not isinstance(o, Tensor) or o.shape != shape:
+                got = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
+                raise ValueError(f"func returned {got} for part {k} of the state, which has shape {tuple(shape)}")
+        return torch.cat([o.reshape(-1) for o in out])
+
+
+def _unflatten(y: Tensor, shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+    """Split the last dimension of ``y`` into tensors of ``shapes`` (with ``y``'s leading dimensions)."""
+    parts, offset = [], 0
+    for shape in shapes:
+        n = shape.numel()
+        parts.append(y[..., offset : offset + n].reshape(*y.shape[:-1], *shape))
+        offset += n
+    return tuple(parts)
+
+
+def _flat_state(func: Any, y0: Any) -> tuple[Any, Any, list[torch.Size] | None]:
+    """A tuple state ``(y0_1, ..., y0_k)`` as one flat vector and ``func`` as a function of it; other states pass."""
+    if not isinstance(y0, tuple):
+        return func, y0, None
+    if not y0 or not all(isinstance(part, Tensor) for part in y0):
+        raise TypeError("a tuple y0 must hold one or more tensors")
+    if len({(part.dtype, part.device) for part in y0}) != 1:
+        raise TypeError("the tensors of a tuple y0 must share one dtype and device")
+    shapes = [part.shape for part in y0]
+    return _TupleFunc(func, shapes), torch.cat([part.reshape(-1) for part in y0]), shapes
 
 
 def _with_time_gradient(
@@ -845,10 +948,10 @@ def _solve(
 ) -> Tensor:
     """The dedl solve after the input checks (also used by the adjoint's backward pass)."""
     t_list = [float(x) for x in t.tolist()]
+    opts = _check_options(options, *_valid_options(method))
     if isinstance(method, str) and method in MULTISTEP_METHODS:
         from dedl.solvers import multistep  # lazy: multistep imports this module
 
-        opts = _check_options(options, _FIXED_OPTIONS, method)
         if len(t_list) == 1:
             return y0.unsqueeze(0).clone()
         order = int(method[-1])
@@ -857,21 +960,29 @@ def _solve(
         _fill_stats(opts, counted)
     else:
         tab = method if isinstance(method, ButcherTableau) else TABLEAUX[method]
-        opts = _check_options(options, _ADAPTIVE_OPTIONS if tab.adaptive else _FIXED_OPTIONS, tab.name)
         if len(t_list) == 1:
             return y0.unsqueeze(0).clone()
         if tab.adaptive:
             if isinstance(rtol, (int, float)) and isinstance(atol, (int, float)) and rtol == 0 and atol == 0:
                 raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
-            solution = _rk_adaptive(func, y0, t_list, tab, rtol, atol, opts)
+            steps = _rk_adaptive_steps(func, y0, t_list[0], t_list[-1], tab, rtol, atol, opts)
+            solution = _save_at(steps, y0, t_list, tab.dense)
         else:
             grid = _fixed_grid(t_list, opts)
-            solution = _rk_fixed(func, y0, grid, tab)
+            solution = _rk_fixed(func, y0, grid, tab, opts.get("perturb", False))
             if opts.get("stats") is not None:
                 n_steps = sum(segment[2] for segment in grid)
                 opts["stats"].update(nfe=tab.stages * n_steps, n_steps=n_steps)
     _check_finite(solution, t)
     return solution
+
+
+def _valid_options(method: str | ButcherTableau) -> tuple[Sequence[str], str]:
+    """The options a (resolved) method takes, and its name."""
+    if isinstance(method, str) and method in MULTISTEP_METHODS:
+        return _MULTISTEP_OPTIONS, method
+    tab = method if isinstance(method, ButcherTableau) else TABLEAUX[method]
+    return (_ADAPTIVE_OPTIONS if tab.adaptive else _FIXED_OPTIONS), tab.name
 
 
 class _Counter:
@@ -918,7 +1029,145 @@ def _torchdiffeq_call(
     options = dict(options or {})
     if "stats" in options:
         raise ValueError("the 'stats' option is dedl's; torchdiffeq does not take it")
+    # torchdiffeq only warns about options its solver does not take; dedl raises, under both backends
+    parameters = inspect.signature(solvers[td_method].__init__).parameters.values()
+    valid = {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} | {"norm"}
+    valid -= {"self", "func", "y0", "rtol", "atol", "dtype", "device"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for torchdiffeq's {td_method!r}; valid options are "
+            + ", ".join(sorted(valid))
+        )
     if not isinstance(t, Tensor):
         t = torch.as_tensor(t, dtype=y0.dtype if isinstance(y0, Tensor) else None)
     fn = getattr(torchdiffeq, name)
     return fn(func, y0, t, rtol=rtol, atol=atol, method=td_method, options=options or None, **extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------------
+
+
+def odeint_event(
+    func: Func,
+    y0: Tensor,
+    t0: Tensor | float,
+    *,
+    event_fn: Callable[[Tensor, Tensor], Tensor],
+    reverse_time: bool = False,
+    odeint_interface: Callable[..., Tensor] = odeint,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    r"""Solve :math:`y' = f(t, y)` from ``t0`` until the event function :math:`g(t, y(t))` changes sign, with
+    gradients through the event time (Chen, Amos and Nickel 2021 {cite}`chen2021learning`; torchdiffeq's call).
+
+    The event time :math:`t^*` is found without a graph: accepted steps of an adaptive method are taken until
+    :math:`g` changes sign over one, then :math:`g` is bisected on the step's dense output. Gradients come from
+    the implicit function theorem applied to :math:`g(t^*, y(t^*)) = 0` (Chen et al. 2021, eq. 6):
+
+    .. math:: \frac{dt^*}{d\theta} = -\Big(\frac{\partial g}{\partial t} + \frac{\partial g}{\partial y}
+              f(t^*, y^*)\Big)^{-1} \frac{d g(t^*, y(t^*; \theta))}{d\theta}\Big|_{t^* \text{fixed}},
+
+    and the state there moves with it, :math:`dy(t^*)/d\theta = \partial y/\partial\theta + f(t^*, y^*)\,
+    dt^*/d\theta`. ``y(t^*)`` itself comes from ``odeint_interface`` (:func:`odeint` or
+    :func:`dedl.solvers.odeint_adjoint`).
+
+    Args:
+        func, y0: as for :func:`odeint`.
+        t0: the initial time (a number or a 0-d tensor, which may require grad).
+        event_fn: ``g(t, y)`` returning a scalar tensor; the event is its first sign change after ``t0``
+            (if ``g(t0, y0) = 0`` exactly, the first one after the first step).
+        reverse_time: integrate toward ``-inf`` instead of ``+inf``.
+        odeint_interface: the solver of the differentiable solve from ``t0`` to ``t^*``.
+        kwargs: ``method`` (an adaptive method; default ``"dopri5"``), ``rtol``, ``atol``, ``options`` (and
+            for :func:`dedl.solvers.odeint_adjoint` its own arguments); the same settings drive the event search.
+
+    Returns:
+        ``(event_t, solution)``: the event time, a 0-d tensor, and the states at ``[t0, event_t]``, shape
+        ``(2, *y0.shape)``.
+
+    Raises:
+        ValueError: ``method`` is not adaptive, or an unknown option; ``RuntimeError`` when no event occurs
+        within ``options["max_num_steps"]`` steps.
+    """
+    if not callable(event_fn):
+        raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
+    t0_tensor = torch.as_tensor(t0)
+    if t0_tensor.ndim != 0 or not bool(torch.isfinite(t0_tensor)):
+        raise ValueError(f"t0 must be one finite time, got {t0!r}")
+    y0, _ = _check_y0_t(func, y0, t0_tensor.detach().reshape(1))
+    method = _resolve_method(kwargs.get("method", "dopri5"))
+    tab = method if isinstance(method, ButcherTableau) else TABLEAUX.get(method)
+    if tab is None or not tab.adaptive:
+        raise ValueError(
+            f"odeint_event needs an adaptive method (bosh3, dopri5 or a tableau with b_error), got {method!r}"
+        )
+    rtol, atol = kwargs.get("rtol", 1e-7), kwargs.get("atol", 1e-9)
+    _check_tol("rtol", rtol)
+    _check_tol("atol", atol)
+    options = _check_options(kwargs.get("options"), *_valid_options(tab))
+    options.pop("stats", None)
+    start = float(t0_tensor.detach())
+    with torch.no_grad():
+        t_event = _find_event(func, y0.detach(), start, -math.inf if reverse_time else math.inf, tab, rtol, atol,
+                              options, event_fn)
+    t_event = torch.tensor(t_event, dtype=y0.dtype, device=y0.device)
+    times = torch.stack([t0_tensor.to(dtype=y0.dtype, device=y0.device), t_event])
+    ys = odeint_interface(func, y0, times, **kwargs)
+    y_event = ys[-1]
+    with torch.enable_grad():  # g_dot = dg/dt + dg/dy . f at the event, a constant of the graph
+        t_var = t_event.clone().requires_grad_(True)
+        y_var = y_event.detach().requires_grad_(True)
+        g = event_fn(t_var, y_var)
+        g_t, g_y = torch.autograd.grad(g, (t_var, y_var), allow_unused=True)
+    with torch.no_grad():
+        f_event = func(t_event, y_event)
+        g_dot = (0.0 if g_t is None else g_t) + (0.0 if g_y is None else (g_y * f_event).sum())
+    if not torch.is_grad_enabled():
+        return t_event, ys
+    if float(g_dot) == 0.0:
+        raise FloatingPointError("the event function is tangent to the trajectory at the event (dg/dt = 0): "
+                                 "the event time has no derivative")
+    g_value = event_fn(t_event, y_event)  # ~0, carrying the graph of y(t*) and of event_fn's parameters
+    event_t = t_event - (g_value - g_value.detach()) / g_dot  # the implicit function theorem, value unchanged
+    shift = event_t - event_t.detach()
+    return event_t, torch.stack([ys[0], y_event + shift * f_event])
+
+
+def _find_event(
+    func: Func, y0: Tensor, t0: float, t_end: float, tab: ButcherTableau, rtol: Any, atol: Any, options: dict,
+    event_fn: Callable[[Tensor, Tensor], Tensor],
+) -> float:
+    """The first sign change of ``event_fn`` along the accepted steps, bisected on the dense output."""
+    dtype, device = y0.dtype, y0.device
+
+    def g(t: float, y: Tensor) -> float:
+        return float(event_fn(torch.tensor(t, dtype=dtype, device=device), y))
+
+    sign0 = math.copysign(1.0, g(t0, y0)) if g(t0, y0) != 0 else 0.0
+    steps = _rk_adaptive_steps(func, y0, t0, t_end, tab, rtol, atol, options)
+    try:
+        for step in steps:
+            g_new = g(step.t_new, step.y1)
+            if sign0 == 0.0:
+                sign0 = math.copysign(1.0, g_new) if g_new != 0 else 0.0
+                continue
+            if g_new * sign0 > 0:
+                continue
+            lo, hi = 0.0, 1.0  # theta: g has sign0 at lo and not at hi
+            h = step.t_new - step.t
+            for _ in range(200):
+                mid = 0.5 * (lo + hi)
+                if mid in (lo, hi) or abs(h) * (hi - lo) <= 2 * abs(step.t + h * mid) * torch.finfo(dtype).eps:
+                    break
+                y_mid = _interpolate(step.y, step.y1, step.ks, step.f_new, h, mid, tab.dense)
+                if g(step.t + h * mid, y_mid) * sign0 > 0:
+                    lo = mid
+                else:
+                    hi = mid
+            return step.t + h * hi
+    finally:
+        steps.close()
+    raise RuntimeError("no event: the solve ended without a sign change of event_fn")  # pragma: no cover
