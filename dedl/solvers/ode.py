@@ -1089,8 +1089,8 @@ def odeint_event(
         ``(2, *y0.shape)``.
 
     Raises:
-        ValueError: ``method`` is not adaptive, or an unknown option; ``RuntimeError`` when no event occurs
-        within ``options["max_num_steps"]`` steps.
+        ValueError: ``method`` is not adaptive, or an unknown option.
+        RuntimeError: no event occurs within ``options["max_num_steps"]`` steps.
     """
     if not callable(event_fn):
         raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
