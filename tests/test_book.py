@@ -136,12 +136,6 @@ def write_notebook(path: Path, cells: list) -> None:
     nbformat.write(nb, str(path))
 
 
-def pending_rewrite() -> set[str]:
-    """Docnames of the notebooks not yet in the house style of issue 8 (see tests/test_repo.py)."""
-    text = (REPO / "tests" / "pending_rewrite.txt").read_text(encoding="utf-8")
-    return {re.sub(r"\.ipynb$", "", line) for line in text.split()}
-
-
 def toc_docnames() -> list[str]:
     toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
     names = [toc["root"]]
@@ -488,15 +482,14 @@ def test_chapter_page_shows_math_and_figures_in_chromium(built_book: dict, tmp_p
     assert figures, f"the page shows no figure from its notebook: {seen['images']}"
 
     # figures are numbered and captioned; exercise solutions, their code cells and outputs, are folded
-    if CHECKED_PAGE not in pending_rewrite():
-        assert not seen["uncaptioned_images"], f"figures without a numbered caption: {seen['uncaptioned_images']}"
-        assert seen["solutions"] > 0, "the checked page has no exercise solutions"
-        assert seen["visible_solution_cells"] == 0, (
-            f"{seen['visible_solution_cells']} of {seen['solution_cells']} solution cells show while folded"
-        )
-        assert seen["visible_solution_cells_opened"] == seen["solution_cells"], (
-            f"only {seen['visible_solution_cells_opened']} of {seen['solution_cells']} solution cells show when opened"
-        )
+    assert not seen["uncaptioned_images"], f"figures without a numbered caption: {seen['uncaptioned_images']}"
+    assert seen["solutions"] > 0 and seen["solution_cells"] > 0, "the checked page has no computed solutions"
+    assert seen["visible_solution_cells"] == 0, (
+        f"{seen['visible_solution_cells']} of {seen['solution_cells']} solution cells show while folded"
+    )
+    assert seen["visible_solution_cells_opened"] == seen["solution_cells"], (
+        f"only {seen['visible_solution_cells_opened']} of {seen['solution_cells']} solution cells show when opened"
+    )
 
     # the theme: every stylesheet loaded and parsed (a missing file leaves no rules)
     sheets = [s for s in seen["stylesheets"] if s["href"]]

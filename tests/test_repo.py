@@ -202,11 +202,6 @@ def test_notebook_ends_with_its_bibliography(path: Path) -> None:
     )
 
 
-# Notebooks still to be rewritten to the house style of issue 8 (glue, asserts, captions, sphinx-exercise,
-# 88 columns). Each leaves this file when it complies; the file and this mechanism go once it is empty.
-PENDING = set((REPO / "tests" / "pending_rewrite.txt").read_text(encoding="utf-8").split())
-STYLED = [p for p in NOTEBOOKS if p.relative_to(REPO).as_posix() not in PENDING]
-STYLED_IDS = [p.relative_to(REPO).as_posix() for p in STYLED]
 MAX_CODE_LINE = 88  # characters: what the book's code box shows without a scroll bar
 DIRECTIVE = re.compile(r"^(`{3,}|:{3,})\{([\w-]+)\}[ \t]*(.*)$", re.M)
 
@@ -221,7 +216,7 @@ def directives(text: str) -> list[tuple[str, str, str]]:
     return found
 
 
-@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
 def test_notebook_code_lines_fit_the_page(path: Path) -> None:
     long = [
         f"cell {i}: {len(line)} characters: {line[:60]}..."
@@ -233,7 +228,7 @@ def test_notebook_code_lines_fit_the_page(path: Path) -> None:
     assert not long, f"{path.name}: code lines over {MAX_CODE_LINE} characters:\n" + "\n".join(long)
 
 
-@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
 def test_notebook_exercises_are_each_followed_by_a_folded_solution(path: Path) -> None:
     """sphinx-exercise layout (CONTRIBUTING.md): exercise, then its dropdown solution; every code cell after
     `## Exercises` sits between `solution-start` and `solution-end`, so its output folds with it."""
@@ -275,7 +270,7 @@ def figure_cells(nb: dict) -> list[tuple[int, dict]]:
     return [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and "plt.show()" in cell_source(c)]
 
 
-@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
 def test_notebook_figures_are_captioned_named_and_described(path: Path) -> None:
     for i, cell in figure_cells(load_notebook(path)):
         assert cell_source(cell).count("plt.show()") == 1, f"{path.name}: cell {i} shows more than one figure"
@@ -288,7 +283,7 @@ def test_notebook_figures_are_captioned_named_and_described(path: Path) -> None:
 
 def test_figure_and_exercise_labels_are_unique_in_the_book() -> None:
     seen: dict[str, str] = {}
-    for path in STYLED:
+    for path in NOTEBOOKS:
         nb = load_notebook(path)
         labels = [c["metadata"]["mystnb"]["figure"]["name"] for _, c in figure_cells(nb) if "mystnb" in c["metadata"]]
         for cell in nb["cells"]:
@@ -299,7 +294,7 @@ def test_figure_and_exercise_labels_are_unique_in_the_book() -> None:
             seen[label] = path.name
 
 
-@pytest.mark.parametrize("path", STYLED, ids=STYLED_IDS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NOTEBOOK_IDS)
 def test_notebook_glues_its_numbers_and_asserts_its_claims(path: Path) -> None:
     """The prose takes its numbers from glue and its claims are asserted (CONTRIBUTING.md); a page that has
     neither has not been written that way."""
