@@ -183,3 +183,27 @@ def test_event_needs_an_adaptive_method_and_a_callable():
         odeint_event(Fall(), y0, 0.0, event_fn=lambda t, y: y[0], method="rk4")
     with pytest.raises(TypeError, match="event_fn"):
         odeint_event(Fall(), y0, 0.0, event_fn=None)
+
+
+# --- the method registry ----------------------------------------------------------------------------------------
+
+
+def test_method_registry_dispatches_by_name():
+    from dedl.solvers import METHODS, RK4, Method, register_method
+
+    assert METHODS["rk4"].tableau is RK4 and METHODS["adams_bashforth3"].tableau is None
+    assert "max_step" in METHODS["dopri5"].options and "max_step" not in METHODS["rk4"].options
+
+    def exact_decay(func, y0, t_list, rtol, atol, options):  # y' = -y solved exactly, ignoring func
+        return torch.stack([y0 * math.exp(-(t - t_list[0])) for t in t_list])
+
+    register_method(Method("exact_decay", ("stats",), exact_decay))
+    try:
+        ys = odeint(lambda t, y: -y, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method="exact_decay")
+        assert float(ys[-1]) == pytest.approx(math.exp(-1))
+        with pytest.raises(ValueError, match="unknown option"):
+            odeint(lambda t, y: -y, torch.ones(1), [0.0, 1.0], method="exact_decay", options={"step_size": 0.1})
+        with pytest.raises(ValueError, match="already registered"):
+            register_method(Method("exact_decay", (), exact_decay))
+    finally:
+        del METHODS["exact_decay"]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from dedl.solvers.ode import BACKENDS, ButcherTableau, Func, _check_options, _check_tol, _check_y0_t, _resolve_method
-from dedl.solvers.ode import _flat_state, _solve, _torchdiffeq_call, _unflatten, _valid_options, rms_norm
+from dedl.solvers.ode import _flat_state, _solve, _torchdiffeq_call, _unflatten, rms_norm
 
 __all__ = ["odeint_adjoint"]
 
@@ -205,6 +205,6 @@ def odeint_adjoint(
     _check_tol("adjoint_rtol", config["adjoint_rtol"])
     _check_tol("adjoint_atol", config["adjoint_atol"])
     checked = {k: v for k, v in config["adjoint_options"].items() if not (k == "norm" and v == "seminorm")}
-    _check_options(checked, *_valid_options(adjoint_method))  # now, not at the first backward pass
+    _check_options(checked, adjoint_method.options, adjoint_method.name)  # now, not at the first backward pass
     solution = _OdeintAdjoint.apply(config, y0, t, *params)
     return solution if shapes is None else _unflatten(solution, shapes)

@@ -7,19 +7,22 @@ An Adams-Bashforth method of order :math:`k` reuses the last :math:`k` slopes in
 where :math:`\beta_j = \frac1h\int_{t_n}^{t_{n+1}} \ell_j(s)\,ds` integrates the Lagrange polynomial through
 the past slopes {cite}`hairer1993solving` (Sec. III.1). One evaluation of ``f`` per step, whatever the order.
 The first :math:`k-1` steps have no history; they are taken with the classical RK4. This is the lens through
-which Part II reads the linear multistep ResNet (LM-ResNet).
+which Part II reads the linear multistep ResNet (LM-ResNet). Importing this module registers
+``adams_bashforth2/3/4`` in :data:`dedl.solvers.ode.METHODS`.
 
 Depends on torch alone.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from dedl.solvers.ode import RK4, Func, Segment, _check_output, _fixed_steps, _rk_combine, _rk_stages, _stage_times
+from dedl.solvers.ode import RK4, Func, Method, Segment, _check_output, _fixed_grid, _fixed_steps, _rk_combine
+from dedl.solvers.ode import _MULTISTEP_OPTIONS, _rk_stages, _stage_times, register_method
 
 __all__ = ["ADAMS_BASHFORTH", "adams_bashforth_coefficients", "adams_bashforth_weights", "adams_bashforth_step"]
 
@@ -117,3 +120,32 @@ def _adams_bashforth_fixed(func: Func, y0: Tensor, grid: list[Segment], order: i
         if lands:
             out.append(y)
     return torch.stack(out)
+
+
+class _Counter:
+    """Counts evaluations for the ``stats`` option."""
+
+    def __init__(self, func: Func):
+        self.func = func
+        self.nfe = 0
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.func(t, y)
+
+
+def _solve_adams_bashforth(
+    func: Func, y0: Tensor, t_list: list[float], rtol: Any, atol: Any, options: dict, *, order: int
+) -> Tensor:
+    """The registry's solve for ``adams_bashforth{order}`` (tolerances unused: a fixed-step method)."""
+    counted = _Counter(func)
+    solution = _adams_bashforth_fixed(counted, y0, _fixed_grid(t_list, options), order)
+    if options.get("stats") is not None:
+        options["stats"].update(nfe=counted.nfe)
+    return solution
+
+
+for _order in (2, 3, 4):
+    register_method(
+        Method(f"adams_bashforth{_order}", _MULTISTEP_OPTIONS, partial(_solve_adams_bashforth, order=_order))
+    )

@@ -20,6 +20,7 @@ import inspect
 import itertools
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
@@ -40,6 +41,8 @@ __all__ = [
     "DOPRI5",
     "TABLEAUX",
     "METHODS",
+    "Method",
+    "register_method",
     "BACKENDS",
     "odeint",
     "odeint_event",
@@ -226,8 +229,6 @@ DOPRI5 = ButcherTableau(
 )
 
 TABLEAUX: dict[str, ButcherTableau] = {tab.name: tab for tab in (EULER, MIDPOINT, HEUN, RK4, RK4_38, BOSH3, DOPRI5)}
-MULTISTEP_METHODS = ("adams_bashforth2", "adams_bashforth3", "adams_bashforth4")
-METHODS: tuple[str, ...] = tuple(TABLEAUX) + MULTISTEP_METHODS
 BACKENDS = ("dedl", "torchdiffeq")
 
 # dedl method name -> torchdiffeq method name, where the two libraries implement the same method.
@@ -250,6 +251,45 @@ _ADAPTIVE_OPTIONS = (
     "stats",
 )
 DEFAULT_MAX_NUM_STEPS = 1_000_000
+
+
+# --------------------------------------------------------------------------------------------------
+# The method registry
+# --------------------------------------------------------------------------------------------------
+
+SolveFn = Callable[[Func, Tensor, list[float], Any, Any, dict], Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    """An entry of the method registry :data:`METHODS`: what ``odeint(..., method=name)`` runs.
+
+    ``solve(func, y0, t_list, rtol, atol, options)`` returns the states at ``t_list`` (at least two times),
+    after :func:`odeint` has checked the input and ``options`` against ``options`` (the names this method
+    takes). ``tableau`` is set for Runge-Kutta methods (Butcher 2016 {cite}`butcher2016numerical`).
+    """
+
+    name: str
+    options: tuple[str, ...]
+    solve: SolveFn
+    tableau: ButcherTableau | None = None
+
+
+#: The method registry: ``method`` name -> :class:`Method`. This module registers every tableau of
+#: :data:`TABLEAUX`; :mod:`dedl.solvers.multistep` registers ``adams_bashforth2/3/4``.
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> None:
+    """Add ``method`` to :data:`METHODS` under its name (a name can be registered once)."""
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    METHODS[method.name] = method
+
+
+def _rk_method(tab: ButcherTableau) -> Method:
+    """The registry entry of a Runge-Kutta tableau: adaptive when it has an embedded pair."""
+    return Method(tab.name, _ADAPTIVE_OPTIONS if tab.adaptive else _FIXED_OPTIONS, partial(_solve_rk, tab=tab), tab)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,12 +391,12 @@ def _check_tol(name: str, tol: Any) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {tol!r}")
 
 
-def _resolve_method(method: str | ButcherTableau) -> str | ButcherTableau:
+def _resolve_method(method: str | ButcherTableau) -> Method:
     if isinstance(method, ButcherTableau):
-        return method
+        return _rk_method(method)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods are {', '.join(METHODS)} (or a ButcherTableau)")
-    return method
+    return METHODS[method]
 
 
 def _check_options(options: dict | None, valid: Sequence[str], method_name: str) -> dict:
@@ -794,7 +834,8 @@ def odeint(
         method: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``, ``"rk4_38"`` (fixed step);
             ``"adams_bashforth2"``, ``"adams_bashforth3"``, ``"adams_bashforth4"`` (fixed step, linear
             multistep, started with RK4); ``"bosh3"``, ``"dopri5"`` (adaptive); or a
-            :class:`ButcherTableau` (adaptive when it has ``b_error``).
+            :class:`ButcherTableau` (adaptive when it has ``b_error``). The names are the keys of the
+            method registry :data:`METHODS` (:func:`register_method` adds one).
         rtol, atol: relative and absolute tolerance of the adaptive methods (floats, or tensors that
             broadcast against ``y0``). A step is accepted when the RMS norm of
             ``error / (atol + rtol * max(|y_n|, |y_{n+1}|))`` is at most 1. Ignored by fixed-step methods.
@@ -941,65 +982,36 @@ def _solve(
     func: Func,
     y0: Tensor,
     t: Tensor,
-    method: str | ButcherTableau,
+    method: Method,
     rtol: Any,
     atol: Any,
     options: dict | None,
 ) -> Tensor:
     """The dedl solve after the input checks (also used by the adjoint's backward pass)."""
     t_list = [float(x) for x in t.tolist()]
-    opts = _check_options(options, *_valid_options(method))
-    if isinstance(method, str) and method in MULTISTEP_METHODS:
-        from dedl.solvers import multistep  # lazy: multistep imports this module
-
-        if len(t_list) == 1:
-            return y0.unsqueeze(0).clone()
-        order = int(method[-1])
-        counted = _Counter(func)
-        solution = multistep._adams_bashforth_fixed(counted, y0, _fixed_grid(t_list, opts), order)
-        _fill_stats(opts, counted)
-    else:
-        tab = method if isinstance(method, ButcherTableau) else TABLEAUX[method]
-        if len(t_list) == 1:
-            return y0.unsqueeze(0).clone()
-        if tab.adaptive:
-            if isinstance(rtol, (int, float)) and isinstance(atol, (int, float)) and rtol == 0 and atol == 0:
-                raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
-            steps = _rk_adaptive_steps(func, y0, t_list[0], t_list[-1], tab, rtol, atol, opts)
-            solution = _save_at(steps, y0, t_list, tab.dense)
-        else:
-            grid = _fixed_grid(t_list, opts)
-            solution = _rk_fixed(func, y0, grid, tab, opts.get("perturb", False))
-            if opts.get("stats") is not None:
-                n_steps = sum(segment[2] for segment in grid)
-                opts["stats"].update(nfe=tab.stages * n_steps, n_steps=n_steps)
+    opts = _check_options(options, method.options, method.name)
+    if len(t_list) == 1:
+        return y0.unsqueeze(0).clone()
+    solution = method.solve(func, y0, t_list, rtol, atol, opts)
     _check_finite(solution, t)
     return solution
 
 
-def _valid_options(method: str | ButcherTableau) -> tuple[Sequence[str], str]:
-    """The options a (resolved) method takes, and its name."""
-    if isinstance(method, str) and method in MULTISTEP_METHODS:
-        return _MULTISTEP_OPTIONS, method
-    tab = method if isinstance(method, ButcherTableau) else TABLEAUX[method]
-    return (_ADAPTIVE_OPTIONS if tab.adaptive else _FIXED_OPTIONS), tab.name
-
-
-class _Counter:
-    """Counts evaluations for the ``stats`` option of the multistep path."""
-
-    def __init__(self, func: Func):
-        self.func = func
-        self.nfe = 0
-
-    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        self.nfe += 1
-        return self.func(t, y)
-
-
-def _fill_stats(opts: dict, counted: _Counter) -> None:
-    if opts.get("stats") is not None:
-        opts["stats"].update(nfe=counted.nfe)
+def _solve_rk(
+    func: Func, y0: Tensor, t_list: list[float], rtol: Any, atol: Any, options: dict, *, tab: ButcherTableau
+) -> Tensor:
+    """A Runge-Kutta solve: the save-at stage over the adaptive steps, or the fixed grid."""
+    if tab.adaptive:
+        if isinstance(rtol, (int, float)) and isinstance(atol, (int, float)) and rtol == 0 and atol == 0:
+            raise ValueError("rtol and atol cannot both be 0 for an adaptive method")
+        steps = _rk_adaptive_steps(func, y0, t_list[0], t_list[-1], tab, rtol, atol, options)
+        return _save_at(steps, y0, t_list, tab.dense)
+    grid = _fixed_grid(t_list, options)
+    solution = _rk_fixed(func, y0, grid, tab, options.get("perturb", False))
+    if options.get("stats") is not None:
+        n_steps = sum(segment[2] for segment in grid)
+        options["stats"].update(nfe=tab.stages * n_steps, n_steps=n_steps)
+    return solution
 
 
 def _torchdiffeq_call(
@@ -1012,7 +1024,7 @@ def _torchdiffeq_call(
         raise ImportError("backend='torchdiffeq' needs the torchdiffeq package: pip install torchdiffeq") from err
     if isinstance(method, ButcherTableau):
         raise ValueError("backend='torchdiffeq' takes a method name, not a ButcherTableau")
-    if method in MULTISTEP_METHODS:
+    if isinstance(method, str) and method in METHODS and METHODS[method].tableau is None:
         raise ValueError(
             f"torchdiffeq has no fixed-order {method!r} started by RK4 (its 'explicit_adams' ramps the order "
             "up from 1); use backend='dedl' for it"
@@ -1099,15 +1111,15 @@ def odeint_event(
         raise ValueError(f"t0 must be one finite time, got {t0!r}")
     y0, _ = _check_y0_t(func, y0, t0_tensor.detach().reshape(1))
     method = _resolve_method(kwargs.get("method", "dopri5"))
-    tab = method if isinstance(method, ButcherTableau) else TABLEAUX.get(method)
+    tab = method.tableau
     if tab is None or not tab.adaptive:
         raise ValueError(
-            f"odeint_event needs an adaptive method (bosh3, dopri5 or a tableau with b_error), got {method!r}"
+            f"odeint_event needs an adaptive method (bosh3, dopri5 or a tableau with b_error), got {method.name!r}"
         )
     rtol, atol = kwargs.get("rtol", 1e-7), kwargs.get("atol", 1e-9)
     _check_tol("rtol", rtol)
     _check_tol("atol", atol)
-    options = _check_options(kwargs.get("options"), *_valid_options(tab))
+    options = _check_options(kwargs.get("options"), method.options, method.name)
     options.pop("stats", None)
     start = float(t0_tensor.detach())
     with torch.no_grad():
@@ -1171,3 +1183,7 @@ def _find_event(
     finally:
         steps.close()
     raise RuntimeError("no event: the solve ended without a sign change of event_fn")  # pragma: no cover
+
+
+for _tab in TABLEAUX.values():
+    register_method(_rk_method(_tab))
