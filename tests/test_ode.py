@@ -440,3 +440,31 @@ def test_unknown_option_raises_under_both_backends(backend, method):
         pytest.importorskip("torchdiffeq")
     with pytest.raises(ValueError, match="unknown option"):
         odeint(field, Y0, [0.0, 1.0], method=method, options={"stepsize": 0.1}, backend=backend)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("dopri5", {"jump_t": [0.7, 1.3]}),
+        ("bosh3", {"jump_t": [0.7, 1.3]}),
+        ("dopri5", {"step_t": [0.7, 1.3]}),
+        ("rk4_38", {"perturb": True}),
+        ("euler", {"perturb": True}),
+        ("dopri5", {"norm": "max", "jump_t": [0.7, 1.3]}),
+        ("dopri5", {"first_step": 0.05, "max_step": 0.2, "safety": 0.8, "jump_t": [0.7, 1.3]}),
+    ],
+)
+def test_shared_options_give_the_same_answer_under_both_backends(method, options, torchdiffeq):
+    """The square wave (jumps at 0.7 and 1.3) with outputs on the jumps: each option means the same in both.
+    (step_t on the smooth ``field``: where the field jumps only jump_t is defined the same way, since
+    torchdiffeq's adaptive steps always read the left limit at their end, also at a step_t.)"""
+    if options.get("norm") == "max":
+        options = dict(options, norm=lambda x: x.abs().max())
+    f = field if "step_t" in options else square_wave
+    t = torch.tensor([0.0, 0.7, 1.0, 1.3, 2.0], dtype=torch.float64)
+    y0 = Y0 if "step_t" in options else torch.zeros(1, dtype=torch.float64)
+    ours = odeint(f, y0, t, method=method, rtol=1e-9, atol=1e-10, options=dict(options))
+    theirs = odeint(f, y0, t, method=method, rtol=1e-9, atol=1e-10, options=dict(options), backend="torchdiffeq")
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
+    if "jump_t" in options or "perturb" in options:
+        assert (ours[:, 0] - square_wave_solution(t)).abs().max() < 1e-12

@@ -861,7 +861,8 @@ def odeint(
               extra evaluation per jump on the restart). A fixed-step method's steps are cut at the jumps, and a
               multistep method starts again with RK4 after each.
             * ``step_t``: times that steps must end on, with no restart (where ``func`` is continuous but not
-              smooth).
+              smooth). torchdiffeq's adaptive steps read every step end from the left; dedl does so only at
+              ``jump_t``, the one place where it changes the answer.
 
             Times outside the span of ``t`` are ignored; the values are read as float64.
 
