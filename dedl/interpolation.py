@@ -27,6 +27,7 @@ from dedl.solvers.timegrid import check_time_grid
 
 __all__ = ["fill_missing", "LinearInterpolation", "NaturalCubicSpline"]
 
+#: How :func:`fill_missing` fills a gap: linear interpolation, or the last value carried forward.
 FILL_METHODS = ("linear", "forward")
 
 

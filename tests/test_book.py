@@ -329,7 +329,8 @@ def test_book_has_intro_parts_and_api_reference(built_book: dict) -> None:
     intro = (site / "book" / "intro.html").read_text(encoding="utf-8")
     assert "Differential Equations for Deep Learning" in intro
     api = (site / "book" / "api.html").read_text(encoding="utf-8")
-    for name in ("dedl.utils.get_device", "dedl.train.fit", "dedl.data.two_moons"):
+    for name in ("dedl.utils.get_device", "dedl.train.fit", "dedl.data.two_moons", "dedl.solvers.ode.DOPRI5",
+                 "dedl.solvers.ode.TABLEAUX", "dedl.solvers.multistep.ADAMS_BASHFORTH"):
         assert f'id="{name}"' in api, f"the API reference lacks {name}"
     assert 'id="fig-intro-map"' in intro and "map.svg" in intro, "the landing page maps the book in a figure"
     assert (site / "_static" / "dedl.css").is_file(), "the book's style sheet (one search box) is missing"

@@ -468,3 +468,10 @@ def test_shared_options_give_the_same_answer_under_both_backends(method, options
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
     if "jump_t" in options or "perturb" in options:
         assert (ours[:, 0] - square_wave_solution(t)).abs().max() < 1e-12
+
+
+def test_tableau_repr_is_one_line_summary():
+    from dedl.solvers import DOPRI5, RK4
+
+    assert repr(DOPRI5) == "ButcherTableau('dopri5': 7 stages, order 5, adaptive)"
+    assert repr(RK4) == "ButcherTableau('rk4': 4 stages, order 4, fixed step)"

@@ -26,7 +26,8 @@ from dedl.solvers.ode import _MULTISTEP_OPTIONS, _rk_stages, _stage_times, regis
 
 __all__ = ["ADAMS_BASHFORTH", "adams_bashforth_coefficients", "adams_bashforth_weights", "adams_bashforth_step"]
 
-# beta_0..beta_{k-1} on a uniform grid (Hairer et al. 1993, Table III.1.1)
+#: The weights :math:`\beta_0, \dots, \beta_{k-1}` of the k-step Adams-Bashforth method on a uniform grid,
+#: by order k {cite}`hairer1993solving` (Table III.1.1).
 ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
     1: (1.0,),
     2: (3 / 2, -1 / 2),

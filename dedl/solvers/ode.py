@@ -58,7 +58,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class ButcherTableau:
     r"""An explicit Runge-Kutta method written as Butcher's array {cite}`butcher2016numerical`.
 
@@ -146,6 +146,11 @@ class ButcherTableau:
         """First Same As Last: the last stage is evaluated at ``y_{n+1}``, so it is the next step's ``k_1``."""
         return self.stages > 1 and self.c[-1] == 1.0 and self.a[-1] == self.b[:-1] and self.b[-1] == 0.0
 
+    def __repr__(self) -> str:
+        """A one-line summary; the coefficients are the fields ``c``, ``a``, ``b`` and ``b_error``."""
+        kind = "adaptive" if self.adaptive else "fixed step"
+        return f"ButcherTableau({self.name!r}: {self.stages} stages, order {self.order}, {kind})"
+
     def stability_polynomial(self) -> list[float]:
         r"""Coefficients :math:`\gamma_0..\gamma_s` of the stability function :math:`R(z)=\sum_j \gamma_j z^j`.
 
@@ -172,9 +177,13 @@ class ButcherTableau:
         return result
 
 
+#: Forward Euler, order 1: one stage, :math:`y_{n+1} = y_n + h f(t_n, y_n)`.
 EULER = ButcherTableau(name="euler", c=(0.0,), a=((),), b=(1.0,), order=1)
+#: The explicit midpoint rule, order 2 {cite}`hairer1993solving` (Sec. II.1).
 MIDPOINT = ButcherTableau(name="midpoint", c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2)
+#: Heun's method (the explicit trapezoidal rule), order 2 {cite}`hairer1993solving` (Sec. II.1).
 HEUN = ButcherTableau(name="heun", c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2)
+#: The classical Runge-Kutta method, order 4 {cite}`butcher2016numerical`.
 RK4 = ButcherTableau(
     name="rk4",
     c=(0.0, 0.5, 0.5, 1.0),
@@ -183,6 +192,7 @@ RK4 = ButcherTableau(
     order=4,
 )
 # Kutta's 3/8 rule: the fourth-order method behind torchdiffeq's "rk4".
+#: Kutta's 3/8 rule, order 4 (torchdiffeq's ``rk4``) {cite}`hairer1993solving` (Sec. II.1).
 RK4_38 = ButcherTableau(
     name="rk4_38",
     c=(0.0, 1 / 3, 2 / 3, 1.0),
@@ -191,6 +201,7 @@ RK4_38 = ButcherTableau(
     order=4,
 )
 # Bogacki-Shampine 3(2), FSAL; dense output by cubic Hermite interpolation.
+#: The Bogacki-Shampine 3(2) pair, FSAL, for adaptive steps {cite}`bogacki1989pair`.
 BOSH3 = ButcherTableau(
     name="bosh3",
     c=(0.0, 0.5, 0.75, 1.0),
@@ -201,6 +212,7 @@ BOSH3 = ButcherTableau(
     error_order=2,
 )
 # Dormand-Prince 5(4), FSAL, with its fourth-order continuous extension (Hairer et al. 1993, Sec. II.6).
+#: The Dormand-Prince 5(4) pair, FSAL, with a continuous extension of order 4 {cite}`dormand1980family`.
 DOPRI5 = ButcherTableau(
     name="dopri5",
     c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
@@ -228,7 +240,9 @@ DOPRI5 = ButcherTableau(
     ),
 )
 
+#: Every built-in tableau by its name (the ``method`` strings of the Runge-Kutta methods).
 TABLEAUX: dict[str, ButcherTableau] = {tab.name: tab for tab in (EULER, MIDPOINT, HEUN, RK4, RK4_38, BOSH3, DOPRI5)}
+#: The libraries :func:`odeint` can hand a solve to.
 BACKENDS = ("dedl", "torchdiffeq")
 
 # dedl method name -> torchdiffeq method name, where the two libraries implement the same method.
@@ -250,6 +264,7 @@ _ADAPTIVE_OPTIONS = (
     "first_step", "max_step", "jump_t", "step_t", "norm", "max_num_steps", "safety", "ifactor", "dfactor", "beta",
     "stats",
 )
+#: The default bound on the number of steps of one solve (option ``max_num_steps``).
 DEFAULT_MAX_NUM_STEPS = 1_000_000
 
 
@@ -830,7 +845,8 @@ def odeint(
         t: 1-D, strictly increasing or strictly decreasing times (decreasing integrates backward);
             ``t[0]`` is the initial time. When ``t`` requires grad, gradients flow into it: those of the exact flow,
             :math:`\partial y(t_i)/\partial t_i = f(t_i, y_i)` and the shift of the whole trajectory by
-            :math:`t_0` (``N + 1`` extra evaluations; first derivatives only), as :func:`dedl.solvers.odeint_adjoint` gives.
+            :math:`t_0` (``N + 1`` extra evaluations; first derivatives only), as
+            :func:`dedl.solvers.odeint_adjoint` gives.
         method: ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``, ``"rk4_38"`` (fixed step);
             ``"adams_bashforth2"``, ``"adams_bashforth3"``, ``"adams_bashforth4"`` (fixed step, linear
             multistep, started with RK4); ``"bosh3"``, ``"dopri5"`` (adaptive); or a

@@ -59,8 +59,11 @@ __all__ = [
     "STRONG_ORDER",
 ]
 
+#: The noise types of torchsde: the shape of the diffusion and how it meets the Brownian increment.
 NOISE_TYPES = ("diagonal", "scalar", "additive", "general")
+#: The two readings of the stochastic integral.
 SDE_TYPES = ("ito", "stratonovich")
+#: The libraries :func:`sdeint` can hand a solve to.
 BACKENDS = ("dedl", "torchsde")
 
 _COMMUTATIVE = ("diagonal", "scalar", "additive")
