@@ -514,6 +514,7 @@ def test_make_book_builds_with_warnings_as_errors() -> None:
     makefile = read(REPO / "Makefile")
     assert re.search(r"^JB_FLAGS\s*:?=\s*-W -n --keep-going\s*$", makefile, re.M)
     assert "jupyter-book build $(JB_FLAGS) ." in make_recipe("book")
+    assert "OMP_NUM_THREADS=1" in make_recipe("book"), "the book runs on one thread, as the tests do"
 
 
 def test_ci_runs_the_readme_test_command() -> None:
