@@ -378,6 +378,8 @@ async function check() {
   for (const button of doc.querySelectorAll("div.solution button.toggle-button")) button.click();
   await sleep(1000);  // the toggle's transition
   const visibleOpened = solutionCells.filter(shows).length;
+  const codeBoxes = [...doc.querySelectorAll("div.cell_input pre")];
+  const overflowing = codeBoxes.filter(p => p.scrollWidth > p.clientWidth + 1).length;
   report({
     title: doc.title,
     mathjax: mathjax,
@@ -392,6 +394,8 @@ async function check() {
     solution_cells: solutionCells.length,
     visible_solution_cells: visibleFolded,
     visible_solution_cells_opened: visibleOpened,
+    code_boxes: codeBoxes.length,
+    overflowing_code_boxes: overflowing,
     uncaptioned_images: [...doc.querySelectorAll("article img")].filter(i => {
       const f = i.closest("figure"); return !f || !f.querySelector("figcaption .caption-number");
     }).map(i => i.getAttribute("src")),
@@ -491,6 +495,9 @@ def test_chapter_page_shows_math_and_figures_in_chromium(built_book: dict, tmp_p
     assert seen["visible_solution_cells_opened"] == seen["solution_cells"], (
         f"only {seen['visible_solution_cells_opened']} of {seen['solution_cells']} solution cells show when opened"
     )
+
+    # code fits the page: 88-column cells need no horizontal scroll bar in a 1280-pixel window
+    assert seen["code_boxes"] > 0 and seen["overflowing_code_boxes"] == 0, seen["overflowing_code_boxes"]
 
     # the theme: every stylesheet loaded and parsed (a missing file leaves no rules)
     sheets = [s for s in seen["stylesheets"] if s["href"]]
