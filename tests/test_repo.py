@@ -353,6 +353,8 @@ def test_book_configuration() -> None:
     assert config["repository"]["branch"] == "main"
     assert "local_mathjax" in config["sphinx"]["local_extensions"], "math must render offline"
     assert "book/references.bib" in config["bibtex_bibfiles"]
+    assert "sphinx_exercise" in config["sphinx"]["extra_extensions"], "exercises fold their solutions"
+    assert config["sphinx"]["config"]["nb_merge_streams"] is True, "one output box per cell's prints"
 
 
 def test_repository_url_is_the_one_the_house_style_installs_from() -> None:
