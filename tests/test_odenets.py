@@ -74,10 +74,10 @@ def test_adjoint_gradients_equal_backprop_gradients():
 def test_nfe_fixed_step_is_exact():
     node = NeuralODE(Linear(), t=(0.0, 1.0), method="rk4", options={"step_size": 0.25})
     node(torch.randn(3, 2))
-    assert node.nfe_forward == 4 * 4  # four evaluations per RK4 step, four steps
+    assert node.nfe == 4 * 4  # four evaluations per RK4 step, four steps
     node = NeuralODE(Linear(), t=(0.0, 1.0), method="euler", options={"step_size": 0.125})
     node(torch.randn(3, 2))
-    assert node.nfe_forward == 8
+    assert node.nfe == 8
 
 
 def test_nfe_adaptive_counts_every_call():
@@ -91,21 +91,21 @@ def test_nfe_adaptive_counts_every_call():
     stats: dict = {}
     node = NeuralODE(Recording(), t=(0.0, 3.0), method="dopri5", rtol=1e-6, atol=1e-8, options={"stats": stats})
     node(torch.randn(3, 2))
-    assert node.nfe_forward == len(calls) == stats["nfe"] > 6  # the solver's own count agrees
+    assert node.nfe == len(calls) == stats["nfe"] > 6  # the solver's own count agrees
     # a tighter tolerance takes more evaluations
     loose = NeuralODE(Linear(), t=(0.0, 3.0), rtol=1e-3, atol=1e-3)
     loose(torch.randn(3, 2))
-    assert loose.nfe_forward < node.nfe_forward
+    assert loose.nfe < node.nfe
 
 
 def test_nfe_backward_zero_without_adjoint_positive_with():
     for adjoint in (False, True):
         node = make_mlp_node(adjoint=adjoint)
         loss = node(torch.randn(4, 3)).sum()
-        nfe_forward = node.nfe_forward
+        nfe = node.nfe
         assert node.nfe_backward == 0
         loss.backward()
-        assert node.nfe_forward == nfe_forward
+        assert node.nfe == nfe
         assert (node.nfe_backward > 0) == adjoint
 
 
@@ -267,7 +267,7 @@ def test_odenet_on_digit_shaped_input():
     assert logits.shape == (4, 10)
     nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     assert all(p.grad is not None for p in model.parameters())
-    assert model.body.nfe_forward == 2 * 4
+    assert model.body.nfe == 2 * 4
     with pytest.raises(ValueError):
         model(torch.randn(4, 8, 8))
     with pytest.raises(ValueError):
@@ -291,4 +291,4 @@ def test_odenet_adaptive_eval_and_float64():
     model = odenet(in_channels=1, width=4, num_classes=3).double().eval()
     with torch.no_grad():
         assert model(torch.randn(2, 1, 8, 8, dtype=torch.float64)).dtype == torch.float64
-    assert model.body.nfe_forward >= 6
+    assert model.body.nfe >= 6

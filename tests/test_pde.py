@@ -27,15 +27,15 @@ def _images(batch: int = 3, width: int = 4, size: int = 6, dtype=torch.float32) 
 
 
 @pytest.mark.parametrize("cls", [ParabolicCNN, HyperbolicCNN])
-@pytest.mark.parametrize("normalization", ["batch", None])
+@pytest.mark.parametrize("norm", ["batch", None])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_shapes_counts_gradients(cls, normalization, dtype):
+def test_shapes_counts_gradients(cls, norm, dtype):
     torch.manual_seed(0)
-    net = cls(4, 3, T=1.0, hidden=5, normalization=normalization).to(dtype)
+    net = cls(4, 3, T=1.0, hidden=5, norm=norm).to(dtype)
     x = _images(dtype=dtype).requires_grad_(True)
     y = net(x)
     assert y.shape == x.shape and y.dtype == dtype
-    per_layer = 5 * 4 * 9 + (2 * 5 if normalization == "batch" else 5)
+    per_layer = 5 * 4 * 9 + (2 * 5 if norm == "batch" else 5)
     assert parameter_count(net) == 3 * per_layer
     y.square().sum().backward()
     assert torch.isfinite(x.grad).all()
@@ -51,7 +51,7 @@ def test_bodies_fit_the_image_classifier(cls):
 
 def test_stencil_operator_is_the_laplacian_in_the_interior():
     x = _images(batch=2, width=1, size=7, dtype=torch.float64)
-    force = PDEForce(1, activation=identity, normalization=None, stencil=gradient_stencil(torch.float64)).double()
+    force = PDEForce(1, activation=identity, norm=None, stencil=gradient_stencil(torch.float64)).double()
     minus_laplacian = -F.conv2d(x, LAPLACIAN.double(), padding=1)
     assert torch.allclose(force(x)[..., 1:-1, 1:-1], minus_laplacian[..., 1:-1, 1:-1])
     assert parameter_count(force) == 2  # only the (zero) bias of the two difference channels
@@ -72,7 +72,7 @@ def test_parabolic_step_is_a_contraction_below_the_limit_and_not_above():
     assert 0.25 <= limit < 0.26
     y1, y2 = _images(batch=16, width=1, size=8, dtype=torch.float64).chunk(2)
     for activation in (identity, torch.tanh, torch.relu):
-        step = ParabolicCNN(1, 1, T=0.98 * limit, activation=activation, normalization=None,
+        step = ParabolicCNN(1, 1, T=0.98 * limit, activation=activation, norm=None,
                             stencil=gradient_stencil()).double()
         ratio = (step(y1) - step(y2)).flatten(1).norm(dim=1) / (y1 - y2).flatten(1).norm(dim=1)
         assert (ratio <= 1 + 1e-12).all()
@@ -110,7 +110,7 @@ def test_hyperbolic_is_reversible_and_conserves_energy():
 
 def test_hyperbolic_memory_free_backward_matches():
     torch.manual_seed(0)
-    net = HyperbolicCNN(4, 3, normalization=None)
+    net = HyperbolicCNN(4, 3, norm=None)
     x = _images().requires_grad_(True)
     net(x).sum().backward()
     reference = [x.grad.clone()] + [p.grad.clone() for p in net.parameters()]
@@ -129,8 +129,8 @@ def test_bad_input_raises():
         HyperbolicCNN(4, 2, T=0)
     with pytest.raises(ValueError, match="h"):
         heat_equation(3, -0.1)
-    with pytest.raises(ValueError, match="normalization"):
-        ParabolicCNN(4, 2, normalization="layer")
+    with pytest.raises(ValueError, match="norm"):
+        ParabolicCNN(4, 2, norm="layer")
     with pytest.raises(ValueError, match="stencil"):
         ParabolicCNN(4, 2, stencil=torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="4-D"):

@@ -56,12 +56,12 @@ def sample(kind: str, dtype=torch.float32) -> torch.Tensor:
 def test_residual_function_counts() -> None:
     for kind in ("conv", "linear"):
         for hidden in (None, 6):
-            for norm in (True, False):
+            for norm in ("batch", None):
                 f = ResidualFunction(WIDTH, kind, hidden=hidden, norm=norm)
                 assert n_params(f) == ResidualFunction.count(WIDTH, kind, hidden=hidden, norm=norm)
     w, m, k = WIDTH, 6, 3
     assert ResidualFunction.count(w, "conv", m) == 2 * m * w * k * k + 2 * w + 2 * m
-    assert ResidualFunction.count(w, "conv", m, norm=False) == 2 * m * w * k * k + m + w
+    assert ResidualFunction.count(w, "conv", m, norm=None) == 2 * m * w * k * k + m + w
     assert ResidualFunction.count(w, "linear", m) == 2 * m * w + m + w
 
 
@@ -81,7 +81,8 @@ def test_shapes_counts_and_gradients(kind, name, make, count, nfe) -> None:
     missing = [n for n, p in body.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no gradient reaches {missing}"
     states = body.eval().trajectory(x)
-    assert len(states) == body.depth + 1 and torch.equal(states[0], x)
+    assert isinstance(states, torch.Tensor) and states.shape == (body.depth + 1, *x.shape)
+    assert torch.equal(states[0], x)
     assert torch.allclose(states[-1], body(x))
 
 

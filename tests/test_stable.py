@@ -189,7 +189,8 @@ def test_trajectory_ends_at_output():
     for net in [AntisymmetricResNet(4, 3, kind="linear"), HamiltonianNet(4, 3, kind="linear")]:
         x = _input("linear", width=4)
         states = net.trajectory(x)
-        assert len(states) == 4 and torch.allclose(states[-1], net(x)) and torch.equal(states[0], x)
+        assert isinstance(states, torch.Tensor) and states.shape == (4, *x.shape)
+        assert torch.allclose(states[-1], net(x)) and torch.equal(states[0], x)
 
 
 def test_additive_coupling_is_a_revnet_block():

@@ -5,6 +5,10 @@ their widths, depths, step sizes, kinds and inputs with these functions, so that
 or ``ValueError`` that names the argument and the problem, never a silent NaN or a shape error deep inside
 PyTorch. Each check returns the value it accepted, so that it can be used inline:
 ``self.depth = positive_int("depth", depth)``.
+
+One exception type for one kind of mistake, in every model: an argument or input of the wrong *type* (not an
+``int``, not a number, not a ``Tensor``, not floating point) raises ``TypeError``; one of the right type with a
+wrong *value* (out of range, an unknown ``kind`` or ``norm``, a wrong shape) raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ def positive_float(name: str, value: float, *, allow_zero: bool = False) -> floa
 
 
 def probability(name: str, value: float, *, allow_zero: bool, allow_one: bool) -> float:
-    """``float(value)`` if it lies in the interval between 0 and 1, each end closed only when allowed."""
+    """``float(value)`` if it lies in the interval between 0 and 1, each end closed only when allowed.
+
+    Raises ``TypeError`` for anything but a real number (``bool`` included) and ``ValueError`` outside the interval.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     low_ok = value > 0 or (allow_zero and value == 0)
     high_ok = value < 1 or (allow_one and value == 1)
@@ -61,6 +70,17 @@ def check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return kind
+
+
+def check_norm(norm: str | None, allowed: tuple[str | None, ...]) -> str | None:
+    """``norm`` if it is one of ``allowed``: the normalisation switch of every model of :mod:`dedl.nn`.
+
+    Every model spells it ``norm``, a string naming the normalisation (``"batch"``, ``"group"``) or ``None`` for
+    none; each states the values it supports. Anything else raises a ``ValueError`` (a ``bool`` included).
+    """
+    if isinstance(norm, bool) or norm not in allowed:
+        raise ValueError(f"norm must be one of {allowed}, got {norm!r}")
+    return norm
 
 
 def check_kernel_size(kernel_size: int, kind: str) -> int:

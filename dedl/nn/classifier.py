@@ -21,6 +21,8 @@ class ImageClassifier(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
         h = self.body(self.stem(x))

@@ -12,6 +12,11 @@ differential equation and lets an ODE solver choose the steps {cite}`chen2018neu
 * :class:`HamiltonianVectorField` -- the vector field ``(dH/dp, -dH/dq)`` of a learned energy ``H``.
 
 The time-series models (neural CDE, ODE-RNN, latent ODE) live at the end of this module.
+
+Every model exposes :attr:`nfe`, the vector-field evaluations of its latest forward pass (and :class:`NeuralODE`
+:attr:`~NeuralODE.nfe_backward`, those of the adjoint solve); the solver defaults are stated once, in the
+constants :data:`METHOD`, :data:`RTOL`, :data:`ATOL`, :data:`ODENET_ATOL`, :data:`FIXED_METHOD` and
+:data:`ENCODER_METHOD`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import Tensor, nn
 
 from dedl.cde import cdeint
 from dedl.interpolation import LinearInterpolation, NaturalCubicSpline
-from dedl.nn.checks import positive_float, positive_int
+from dedl.nn.checks import check_norm, positive_float, positive_int
 from dedl.nn.classifier import ImageClassifier
 from dedl.solvers import odeint, odeint_adjoint
 from dedl.solvers.timegrid import check_time_grid
@@ -37,6 +42,23 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
     "silu": nn.SiLU,
 }
+
+
+#: The values of ``norm`` that :class:`ConvVectorField` accepts: group normalisation, or none.
+NORMS = ("group", None)
+#: The solver of the continuous-depth models (:class:`NeuralODE` and its subclasses, :func:`odenet`): adaptive
+#: Dormand–Prince 5(4), as in {cite}`chen2018neural`.
+METHOD = "dopri5"
+#: The relative tolerance of every adaptive solve in this module.
+RTOL = 1e-3
+#: The absolute tolerance of every adaptive solve in this module, except :func:`odenet`'s.
+ATOL = 1e-4
+#: The absolute tolerance of :func:`odenet`, looser: a classifier needs the logits, not an accurate path.
+ODENET_ATOL = 1e-3
+#: The fixed-step solver of the controlled and latent models (:class:`NeuralCDE`, :class:`LatentODE`'s decoder).
+FIXED_METHOD = "rk4"
+#: The solver of one gap of an ODE-RNN (:class:`ODERNN`, :class:`LatentODE`'s encoder): one Euler step.
+ENCODER_METHOD = "euler"
 
 
 def _time_grid(t: Sequence[float] | Tensor) -> Tensor:
@@ -128,7 +150,7 @@ class ConvVectorField(nn.Module):
 
     Group (not batch) normalisation keeps ``f_theta`` a function of each sample alone, as an ODE's right-hand
     side must be (batch statistics would change with every solver stage). ``norm=None`` drops the three
-    normalisations: ``conv_t(ReLU(conv_t(ReLU(h))))``.
+    normalisations: ``conv_t(ReLU(conv_t(ReLU(h))))``. ``norm`` is one of :data:`NORMS`.
     """
 
     def __init__(
@@ -138,8 +160,7 @@ class ConvVectorField(nn.Module):
         positive_int("channels", channels)
         hidden = channels if hidden is None else hidden
         positive_int("hidden", hidden)
-        if norm not in ("group", None):
-            raise ValueError(f"norm must be 'group' or None, got {norm!r}")
+        check_norm(norm, NORMS)
         self.channels = channels
         self.norm = norm
 
@@ -217,17 +238,17 @@ class NeuralODE(nn.Module):
 
     ``forward(h0)`` returns ``h(t_end)``; :meth:`trajectory` returns ``h`` at every time of the grid, shape
     ``(len(t), *h0.shape)``. The vector field is wrapped in :class:`~dedl.utils.NFECounter`: after a forward
-    pass :attr:`nfe_forward` holds the evaluations it took, and after ``backward()`` :attr:`nfe_backward`
-    the evaluations the backward pass took (zero without the adjoint: autograd replays stored operations).
+    pass :attr:`nfe` holds the evaluations it took, and after ``backward()`` :attr:`nfe_backward` the
+    evaluations the backward pass took (zero without the adjoint: autograd replays stored operations).
     """
 
     def __init__(
         self,
         func: nn.Module,
         t: Sequence[float] | Tensor = (0.0, 1.0),
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        method: str = METHOD,
+        rtol: float = RTOL,
+        atol: float = ATOL,
         options: dict | None = None,
         adjoint: bool = False,
     ):
@@ -241,17 +262,17 @@ class NeuralODE(nn.Module):
         self.atol = positive_float("atol", atol)
         self.options = options
         self.adjoint = adjoint
-        self._nfe_forward = 0
+        self._nfe = 0
 
     @property
-    def nfe_forward(self) -> int:
+    def nfe(self) -> int:
         """Function evaluations of the latest forward solve."""
-        return self._nfe_forward
+        return self._nfe
 
     @property
     def nfe_backward(self) -> int:
         """Function evaluations since the latest forward solve ended (the adjoint solve of ``backward()``)."""
-        return self.func.nfe - self._nfe_forward
+        return self.func.nfe - self._nfe
 
     def _solve(self, h0: Tensor, t: Tensor) -> Tensor:
         if not isinstance(h0, Tensor):
@@ -267,7 +288,7 @@ class NeuralODE(nn.Module):
             ys = odeint_adjoint(self.func, h0, t, adjoint_params=tuple(self.func.parameters()), **kwargs)
         else:
             ys = odeint(self.func, h0, t, **kwargs)
-        self._nfe_forward = self.func.nfe
+        self._nfe = self.func.nfe
         if not torch.isfinite(ys[-1]).all():
             raise FloatingPointError("the ODE solution became non-finite; lower the step size or the tolerances")
         return ys
@@ -290,9 +311,9 @@ def odenet(
     width: int,
     num_classes: int,
     t: Sequence[float] | Tensor = (0.0, 1.0),
-    method: str = "dopri5",
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
+    method: str = METHOD,
+    rtol: float = RTOL,
+    atol: float = ODENET_ATOL,
     options: dict | None = None,
     adjoint: bool = False,
     time_dependent: bool = True,
@@ -303,7 +324,7 @@ def odenet(
     ``ImageClassifier(body=NeuralODE(ConvVectorField(width)), ...)``: a convolutional stem to ``width``
     channels, one ODE block whose convolutional vector field is shared across depth, then global average
     pooling and a linear head. The residual stack of a ResNet is replaced by the solver; ``model.body`` is
-    the :class:`NeuralODE`, so ``model.body.nfe_forward`` reports the cost of a prediction and
+    the :class:`NeuralODE`, so ``model.body.nfe`` reports the cost of a prediction and
     ``model.body.rtol`` may be changed at test time. ``norm`` is passed to :class:`ConvVectorField`.
     """
     positive_int("width", width)
@@ -343,9 +364,9 @@ class AugmentedNeuralODE(NeuralODE):
         func: nn.Module,
         augment_dim: int,
         t: Sequence[float] | Tensor = (0.0, 1.0),
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        method: str = METHOD,
+        rtol: float = RTOL,
+        atol: float = ATOL,
         options: dict | None = None,
         adjoint: bool = False,
         return_augmented: bool = True,
@@ -357,8 +378,10 @@ class AugmentedNeuralODE(NeuralODE):
 
     def augment(self, x: Tensor) -> Tensor:
         """``[x, 0]``: ``augment_dim`` zero features (channels) appended along dimension 1."""
-        if not isinstance(x, Tensor) or x.dim() < 2:
-            raise ValueError(f"expected an input of shape (batch, features, ...), got {getattr(x, 'shape', x)}")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a Tensor, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"expected an input of shape (batch, features, ...), got {tuple(x.shape)}")
         zeros = x.new_zeros((x.shape[0], self.augment_dim, *x.shape[2:]))
         return torch.cat([x, zeros], dim=1)
 
@@ -414,9 +437,9 @@ class SecondOrderNeuralODE(NeuralODE):
         self,
         acceleration: nn.Module,
         t: Sequence[float] | Tensor = (0.0, 1.0),
-        method: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        method: str = METHOD,
+        rtol: float = RTOL,
+        atol: float = ATOL,
         options: dict | None = None,
         adjoint: bool = False,
         velocity_init: nn.Module | Callable[[Tensor], Tensor] | None = None,
@@ -432,8 +455,10 @@ class SecondOrderNeuralODE(NeuralODE):
 
     def initial_state(self, x: Tensor) -> Tensor:
         """``[x; v(t0)]`` with ``v(t0) = g(x)`` or zero."""
-        if not isinstance(x, Tensor) or x.dim() < 2:
-            raise ValueError(f"expected a position of shape (batch, features, ...), got {getattr(x, 'shape', x)}")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a Tensor, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"expected a position of shape (batch, features, ...), got {tuple(x.shape)}")
         v0 = torch.zeros_like(x) if self.velocity_init is None else self.velocity_init(x)
         if v0.shape != x.shape:
             raise ValueError(f"velocity_init must return the position's shape {tuple(x.shape)}, got {tuple(v0.shape)}")
@@ -557,9 +582,9 @@ class NeuralCDE(nn.Module):
         width: int = 64,
         layers: int = 2,
         interpolation: str = "cubic",
-        method: str = "rk4",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        method: str = FIXED_METHOD,
+        rtol: float = RTOL,
+        atol: float = ATOL,
         options: dict | None = None,
     ):
         super().__init__()
@@ -632,9 +657,9 @@ class ODERNN(nn.Module):
         output_channels: int | None = None,
         width: int = 64,
         layers: int = 2,
-        method: str = "euler",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        method: str = ENCODER_METHOD,
+        rtol: float = RTOL,
+        atol: float = ATOL,
         options: dict | None = None,
     ):
         super().__init__()
@@ -734,11 +759,11 @@ class LatentODE(nn.Module):
         width: int = 64,
         layers: int = 2,
         obs_std: float = 0.1,
-        method: str = "rk4",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        method: str = FIXED_METHOD,
+        rtol: float = RTOL,
+        atol: float = ATOL,
         options: dict | None = None,
-        encoder_method: str = "euler",
+        encoder_method: str = ENCODER_METHOD,
         encoder_options: dict | None = None,
     ):
         super().__init__()

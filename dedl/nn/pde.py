@@ -20,8 +20,8 @@ exactly the explicit heat equation ``Y_{j+1} = Y_j + h ΔY_j`` and a hyperbolic 
 
 Parameter counts (``m`` = output channels of ``K`` = ``hidden``, default ``width``, or ``filters * width``
 with a stencil; ``k = kernel_size``): per layer ``m width k²`` for a learned ``K`` (0 with a stencil) plus
-``2m`` for ``normalization="batch"`` (the affine batch-norm parameters, which play the bias's role) or
-``m`` for ``normalization=None`` (a bias ``b``), all times ``depth``.
+``2m`` for ``norm="batch"`` (the affine batch-norm parameters, which play the bias's role) or
+``m`` for ``norm=None`` (a bias ``b``), all times ``depth``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from dedl.nn.checks import positive_float, positive_int
+from dedl.nn.checks import check_norm, positive_float, positive_int
 from dedl.nn.stable import LayerStack, LeapfrogBlock, Operator, SecondOrderBody, zero_bias
 
 #: The normalisations a PDE-CNN layer accepts: batch normalisation, or none.
-NORMALIZATIONS = ("batch", None)
+NORMS = ("batch", None)
 
 
 def identity(x: Tensor) -> Tensor:
@@ -59,8 +59,8 @@ def gradient_stencil(dtype: torch.dtype | None = None) -> Tensor:
 class PDEForce(nn.Module):
     """The symmetric force ``Y -> Kᵀ σ(N(K Y))`` of {cite}`ruthotto2020deep` (their eq. for ``F_sym``).
 
-    ``N`` is batch normalisation (``normalization="batch"``, with its affine scale and shift) or a bias
-    (``normalization=None``: ``σ(K Y + b)``). ``K`` is a learned ``kernel_size`` convolution from ``width`` to
+    ``N`` is batch normalisation (``norm="batch"``, with its affine scale and shift) or a bias
+    (``norm=None``: ``σ(K Y + b)``). ``K`` is a learned ``kernel_size`` convolution from ``width`` to
     ``hidden`` channels, or the fixed ``stencil`` (see :class:`~dedl.nn.stable.Operator`).
     """
 
@@ -70,16 +70,15 @@ class PDEForce(nn.Module):
         hidden: int | None = None,
         kernel_size: int = 3,
         activation: Callable[[Tensor], Tensor] = torch.relu,
-        normalization: str | None = "batch",
+        norm: str | None = "batch",
         stencil: Tensor | None = None,
     ):
         super().__init__()
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        check_norm(norm, NORMS)
         self.op = Operator(width, hidden if stencil is None else None, "conv", kernel_size, stencil)
         m = self.op.out_features
-        self.norm: nn.Module | None = nn.BatchNorm2d(m) if normalization == "batch" else None
-        self.bias = zero_bias(m, "conv") if normalization is None else None
+        self.norm: nn.Module | None = nn.BatchNorm2d(m) if norm == "batch" else None
+        self.bias = zero_bias(m, "conv") if norm is None else None
         self.activation = activation
 
     def forward(self, y: Tensor) -> Tensor:
@@ -116,15 +115,15 @@ class ParabolicCNN(LayerStack):
         width: int,
         depth: int,
         T: float = 1.0,
-        kernel_size: int = 3,
         hidden: int | None = None,
+        kernel_size: int = 3,
         activation: Callable[[Tensor], Tensor] = torch.relu,
-        normalization: str | None = "batch",
+        norm: str | None = "batch",
         stencil: Tensor | None = None,
     ):
         super().__init__(width, depth, T, "conv")
         self.layers = nn.ModuleList(
-            ParabolicLayer(PDEForce(width, hidden, kernel_size, activation, normalization, stencil), self.h)
+            ParabolicLayer(PDEForce(width, hidden, kernel_size, activation, norm, stencil), self.h)
             for _ in range(depth)
         )
 
@@ -147,16 +146,16 @@ class HyperbolicCNN(SecondOrderBody):
         width: int,
         depth: int,
         T: float = 1.0,
-        kernel_size: int = 3,
         hidden: int | None = None,
+        kernel_size: int = 3,
         activation: Callable[[Tensor], Tensor] = torch.relu,
-        normalization: str | None = "batch",
+        norm: str | None = "batch",
         stencil: Tensor | None = None,
         memory_efficient: bool = False,
     ):
         super().__init__(width, depth, T, "conv", memory_efficient)
         self.blocks = nn.ModuleList(
-            LeapfrogBlock(width, self.h, force=PDEForce(width, hidden, kernel_size, activation, normalization, stencil))
+            LeapfrogBlock(width, self.h, force=PDEForce(width, hidden, kernel_size, activation, norm, stencil))
             for _ in range(depth)
         )
 
@@ -173,7 +172,7 @@ def wave_equation(depth: int, h: float, channels: int = 1) -> HyperbolicCNN:
 
 def _fixed(cls: Callable[..., nn.Module], depth: int, h: float, channels: int):
     positive_int("depth", depth)
-    net = cls(channels, depth, T=depth * positive_float("h", h), activation=identity, normalization=None,
+    net = cls(channels, depth, T=depth * positive_float("h", h), activation=identity, norm=None,
               stencil=gradient_stencil())
     for p in net.parameters():  # the (zero) biases stay zero: this is the PDE, not a model to train
         p.requires_grad_(False)

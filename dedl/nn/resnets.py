@@ -9,7 +9,7 @@ Other schemes give other architectures {cite}`lu2018beyond,liu2025deep`; this mo
 
 * ``kind="conv"`` (images ``(batch, width, H, W)``): ``BN → ReLU → conv_{k×k}(width→m) → BN → ReLU →
   conv_{k×k}(m→width)``, the pre-activation two-layer block of the LM-ResNet code {cite}`lu2018beyond`, with
-  bias-free convolutions. Parameters ``P_f = 2 m width k² + 2 width + 2 m``. With ``norm=False`` the batch
+  bias-free convolutions. Parameters ``P_f = 2 m width k² + 2 width + 2 m``. With ``norm=None`` the batch
   norms are dropped and the convolutions get biases: ``P_f = 2 m width k² + m + width``.
 * ``kind="linear"`` (vectors ``(batch, width)``, e.g. 2-D toy problems): ``Linear(width→m) → tanh →
   Linear(m→width)``, a smooth field. ``P_f = 2 m width + m + width``.
@@ -22,7 +22,8 @@ accepts the same kind of factory.
 
 **The bodies.** Every body takes ``(width, depth, T=1.0)`` first, uses the step ``h = T / depth``, maps its
 input to a tensor of the same shape, exposes ``h``, ``nfe`` (evaluations of ``f`` per forward pass) and
-``trajectory(x)`` (the states after each step), and fits :class:`dedl.nn.classifier.ImageClassifier`::
+``trajectory(x)`` (the input and the state after each step, one tensor of shape ``(depth + 1, *x.shape)``),
+and fits :class:`dedl.nn.classifier.ImageClassifier`::
 
     ImageClassifier(LMResNet(16, depth=4), in_channels=1, width=16, num_classes=10)
 
@@ -61,6 +62,7 @@ from dedl.nn.checks import (
     KINDS,
     check_image_or_vector,
     check_kernel_size,
+    check_norm,
     check_kind,
     positive_float,
     positive_int,
@@ -69,6 +71,9 @@ from dedl.nn.checks import (
 from dedl.solvers.ode import TABLEAUX, ButcherTableau
 
 Factory = Callable[[int], nn.Module]
+
+#: The values of ``norm`` that :class:`ResidualFunction` accepts: batch normalisation, or none.
+NORMS = ("batch", None)
 
 __all__ = [
     "KINDS",
@@ -94,8 +99,9 @@ class ResidualFunction(nn.Module):
     (their CIFAR code follows {cite}`he2016deep`); ``kind="linear"``: ``W₂ tanh(W₁ x + b₁) + b₂``.
 
     Parameter count ``P_f`` (``w = width``, ``m = hidden or width``, ``k = kernel_size``):
-    ``2 m w k² + 2 w + 2 m`` (conv, ``norm=True``), ``2 m w k² + m + w`` (conv, ``norm=False``),
-    ``2 m w + m + w`` (linear).
+    ``2 m w k² + 2 w + 2 m`` (conv, ``norm="batch"``), ``2 m w k² + m + w`` (conv, ``norm=None``),
+    ``2 m w + m + w`` (linear). ``norm`` is one of :data:`NORMS` (``"batch"`` or ``None``); ``kind="linear"``
+    has no normalisation whatever ``norm`` says.
     """
 
     def __init__(
@@ -104,41 +110,45 @@ class ResidualFunction(nn.Module):
         kind: str = "conv",
         hidden: int | None = None,
         kernel_size: int = 3,
-        norm: bool = True,
+        norm: str | None = "batch",
     ):
         super().__init__()
         self.width = positive_int("width", width)
         self.kind = check_kind(kind)
         self.hidden = positive_int("hidden", hidden if hidden is not None else width)
         self.kernel_size = check_kernel_size(kernel_size, kind)
+        self.norm = check_norm(norm, NORMS)
         m, k = self.hidden, kernel_size
         if kind == "conv":
             layers: list[nn.Module] = []
-            if norm:
+            batch = norm == "batch"
+            if batch:
                 layers += [nn.BatchNorm2d(width)]
-            layers += [nn.ReLU(), nn.Conv2d(width, m, k, padding=k // 2, bias=not norm)]
-            if norm:
+            layers += [nn.ReLU(), nn.Conv2d(width, m, k, padding=k // 2, bias=not batch)]
+            if batch:
                 layers += [nn.BatchNorm2d(m)]
-            layers += [nn.ReLU(), nn.Conv2d(m, width, k, padding=k // 2, bias=not norm)]
+            layers += [nn.ReLU(), nn.Conv2d(m, width, k, padding=k // 2, bias=not batch)]
         else:
             layers = [nn.Linear(width, m), nn.Tanh(), nn.Linear(m, width)]
         self.net = nn.Sequential(*layers)
 
     @staticmethod
     def count(
-        width: int, kind: str = "conv", hidden: int | None = None, kernel_size: int = 3, norm: bool = True
+        width: int, kind: str = "conv", hidden: int | None = None, kernel_size: int = 3, norm: str | None = "batch"
     ) -> int:
         """``P_f``, the number of parameters of ``ResidualFunction(width, kind, hidden, kernel_size, norm)``."""
         w, m, k = width, hidden if hidden is not None else width, kernel_size
         if check_kind(kind) == "linear":
             return 2 * m * w + m + w
-        return 2 * m * w * k * k + (2 * w + 2 * m if norm else m + w)
+        return 2 * m * w * k * k + (2 * w + 2 * m if check_norm(norm, NORMS) == "batch" else m + w)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
 
-def _factory(kind: str, hidden: int | None, kernel_size: int, norm: bool, residual: Factory | None) -> Factory:
+def _factory(
+    kind: str, hidden: int | None, kernel_size: int, norm: str | None, residual: Factory | None
+) -> Factory:
     if residual is not None:
         if not callable(residual):
             raise TypeError(f"residual must be a callable width -> nn.Module, got {type(residual).__name__}")
@@ -169,7 +179,7 @@ class _SchemeBody(nn.Module):
         kind: str,
         hidden: int | None,
         kernel_size: int,
-        norm: bool,
+        norm: str | None,
         residual: Factory | None,
     ):
         super().__init__()
@@ -200,10 +210,11 @@ class _SchemeBody(nn.Module):
             x = state
         return x
 
-    def trajectory(self, x: Tensor) -> list[Tensor]:
-        """The states ``x_0, x_1, ..., x_depth`` (input, then the state after each step), for plots."""
+    def trajectory(self, x: Tensor) -> Tensor:
+        """The states ``x_0, x_1, ..., x_depth`` (input, then the state after each step), stacked: shape
+        ``(depth + 1, *x.shape)``, for plots."""
         check_image_or_vector(x, self.kind, self.width)
-        return list(self._states(x))
+        return torch.stack(list(self._states(x)))
 
     def extra_repr(self) -> str:
         return f"width={self.width}, depth={self.depth}, T={self.T:g}, h={self.h:g}, kind={self.kind!r}"
@@ -234,7 +245,7 @@ class EulerResNet(_SchemeBody):
         kind: str = "conv",
         hidden: int | None = None,
         kernel_size: int = 3,
-        norm: bool = True,
+        norm: str | None = "batch",
         residual: Factory | None = None,
     ):
         super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual)
@@ -299,7 +310,7 @@ class LMResNet(_SchemeBody):
         kind: str = "conv",
         hidden: int | None = None,
         kernel_size: int = 3,
-        norm: bool = True,
+        norm: str | None = "batch",
         residual: Factory | None = None,
         k_init: float | None = None,
         learn_k: bool = True,
@@ -394,7 +405,7 @@ class RKNet(_SchemeBody):
         kind: str = "conv",
         hidden: int | None = None,
         kernel_size: int = 3,
-        norm: bool = True,
+        norm: str | None = "batch",
         residual: Factory | None = None,
         scheme: str | ButcherTableau = "rk4",
         shared_stages: bool = False,
@@ -477,8 +488,8 @@ class PolyNet(_SchemeBody):
     therefore build modules of one architecture (or return one module, which shares everything).
 
     Parameter count: ``depth · (P_f + (r − 1) P_norm)`` with ``P_norm = 2 width + 2 m`` for the default
-    ``kind="conv"``, ``norm=True`` residual function, and ``P_norm = 0`` without normalisation (``kind="linear"``
-    or ``norm=False``), where it is ``depth · P_f``; ``nfe = depth · r``.
+    ``kind="conv"``, ``norm="batch"`` residual function, and ``P_norm = 0`` without normalisation (``kind="linear"``
+    or ``norm=None``), where it is ``depth · P_f``; ``nfe = depth · r``.
     """
 
     def __init__(
@@ -489,7 +500,7 @@ class PolyNet(_SchemeBody):
         kind: str = "conv",
         hidden: int | None = None,
         kernel_size: int = 3,
-        norm: bool = True,
+        norm: str | None = "batch",
         residual: Factory | None = None,
         order: int = 2,
     ):
@@ -551,7 +562,7 @@ class FractalNet(_SchemeBody):
         kind: str = "conv",
         hidden: int | None = None,
         kernel_size: int = 3,
-        norm: bool = True,
+        norm: str | None = "batch",
         residual: Factory | None = None,
         columns: int = 3,
         drop_path: float = 0.0,

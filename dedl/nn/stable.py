@@ -96,7 +96,9 @@ class Operator(nn.Module):
         if stencil is not None:
             if kind != "conv":
                 raise ValueError("a fixed stencil needs kind='conv'")
-            if not isinstance(stencil, Tensor) or stencil.dim() != 4 or stencil.shape[1] != 1:
+            if not isinstance(stencil, Tensor):
+                raise TypeError(f"stencil must be a Tensor, got {type(stencil).__name__}")
+            if stencil.dim() != 4 or stencil.shape[1] != 1:
                 raise ValueError("stencil must be a tensor of shape (m, 1, k, k)")
             kh, kw = stencil.shape[-2:]
             if kh != kw or kh % 2 == 0:
@@ -230,16 +232,24 @@ class LayerStack(nn.Module):
         """The step size ``T / depth``."""
         return self.T / self.depth
 
-    def forward(self, y: Tensor) -> Tensor:
-        return self.trajectory(y)[-1]
+    @property
+    def nfe(self) -> int:
+        """Evaluations of a layer's function per forward pass: one per layer, ``depth``."""
+        return self.depth
 
-    def trajectory(self, y: Tensor) -> list[Tensor]:
-        """The states ``Y_0, ..., Y_depth``, for plots."""
+    def forward(self, y: Tensor) -> Tensor:
+        check_image_or_vector(y, self.kind, self.width)
+        for layer in self.layers:
+            y = layer(y)
+        return y
+
+    def trajectory(self, y: Tensor) -> Tensor:
+        """The states ``Y_0, ..., Y_depth`` stacked, shape ``(depth + 1, *y.shape)``, for plots."""
         check_image_or_vector(y, self.kind, self.width)
         states = [y]
         for layer in self.layers:
             states.append(layer(states[-1]))
-        return states
+        return torch.stack(states)
 
 
 class AntisymmetricResNet(LayerStack):
@@ -277,8 +287,11 @@ class ReversibleBlock(nn.Module):
     """A layer on a pair of states ``(x₁, x₂) -> (y₁, y₂)`` with an exact inverse.
 
     Subclasses implement ``forward(x1, x2)`` and ``inverse(y1, y2)``; both must be deterministic so that the
-    backward pass of :func:`reversible_sequence` can recompute the forward pass.
+    backward pass of :func:`reversible_sequence` can recompute the forward pass. :attr:`nfe` is the number of
+    function evaluations one step takes.
     """
+
+    nfe: int = 1
 
     def forward(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -294,8 +307,10 @@ class AdditiveCoupling(ReversibleBlock):
 
     Read as an ODE solver ({cite}`chang2018reversible`) this is the symplectic Euler / Störmer–Verlet step for
     ``ẋ₁ = F(x₂), ẋ₂ = G(x₁)``: the second update already uses the new ``y₁``, which is what makes the step
-    explicit both forwards and backwards. Gomez et al.'s block is ``h = 1``.
+    explicit both forwards and backwards. Gomez et al.'s block is ``h = 1``. ``nfe = 2`` (``F`` and ``G``).
     """
+
+    nfe = 2
 
     def __init__(self, F: nn.Module, G: nn.Module, h: float = 1.0):
         super().__init__()
@@ -559,6 +574,12 @@ class ReversibleBody(nn.Module):
     def h(self) -> float:
         return self.T / self.depth
 
+    @property
+    def nfe(self) -> int:
+        """Function evaluations per forward pass: the blocks' evaluations summed (``2 depth`` for the coupling
+        blocks of :class:`RevNet` and :class:`HamiltonianNet`, ``depth`` for the leapfrog networks)."""
+        return sum(block.nfe for block in self.blocks)
+
     def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         c = x.shape[1] // 2
         return x[:, :c], x[:, c:]
@@ -580,15 +601,16 @@ class ReversibleBody(nn.Module):
         check_image_or_vector(x, self.kind, self.width)
         return self.merge(*self.forward_pair(*self.split(x)))
 
-    def trajectory(self, x: Tensor) -> list[Tensor]:
-        """The states after 0, 1, ..., ``depth`` blocks (each merged as the output is), for plots."""
+    def trajectory(self, x: Tensor) -> Tensor:
+        """The states after 0, 1, ..., ``depth`` blocks (each merged as the output is), stacked: shape
+        ``(depth + 1, *x.shape)``, for plots."""
         check_image_or_vector(x, self.kind, self.width)
         pair = self.split(x)
         states = [self.merge(*pair)]
         for block in self.blocks:
             pair = block(*pair)
             states.append(self.merge(*pair))
-        return states
+        return torch.stack(states)
 
     def inverse(self, y: Tensor) -> Tensor:
         """The input ``x`` with ``self(x) == y``."""
@@ -619,8 +641,8 @@ class RevNet(ReversibleBody):
         depth: int,
         T: float = 1.0,
         kind: str = "conv",
-        kernel_size: int = 3,
         hidden: int | None = None,
+        kernel_size: int = 3,
         activation: Callable[[Tensor], Tensor] = torch.relu,
         residual: Callable[[int], nn.Module] | None = None,
         memory_efficient: bool = True,
@@ -652,8 +674,8 @@ class HamiltonianNet(ReversibleBody):
         depth: int,
         T: float = 1.0,
         kind: str = "conv",
-        kernel_size: int = 3,
         hidden: int | None = None,
+        kernel_size: int = 3,
         activation: Callable[[Tensor], Tensor] = torch.tanh,
         memory_efficient: bool = False,
     ):
@@ -698,8 +720,8 @@ class LeapfrogNet(SecondOrderBody):
         depth: int,
         T: float = 1.0,
         kind: str = "conv",
-        kernel_size: int = 3,
         hidden: int | None = None,
+        kernel_size: int = 3,
         activation: Callable[[Tensor], Tensor] = torch.tanh,
         memory_efficient: bool = False,
     ):
