@@ -13,7 +13,7 @@ differential equation and lets an ODE solver choose the steps {cite}`chen2018neu
 
 The time-series models (neural CDE, ODE-RNN, latent ODE) live at the end of this module.
 
-Every model exposes :attr:`nfe`, the vector-field evaluations of its latest forward pass (and :class:`NeuralODE`
+Every model exposes ``nfe``, the vector-field evaluations of its latest forward pass (and :class:`NeuralODE`
 :attr:`~NeuralODE.nfe_backward`, those of the adjoint solve); the solver defaults are stated once, in the
 constants :data:`METHOD`, :data:`RTOL`, :data:`ATOL`, :data:`ODENET_ATOL`, :data:`FIXED_METHOD` and
 :data:`ENCODER_METHOD`.

@@ -77,6 +77,7 @@ NORMS = ("batch", None)
 
 __all__ = [
     "KINDS",
+    "NORMS",
     "ResidualFunction",
     "EulerResNet",
     "LMResNet",

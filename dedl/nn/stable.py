@@ -287,7 +287,7 @@ class ReversibleBlock(nn.Module):
     """A layer on a pair of states ``(x₁, x₂) -> (y₁, y₂)`` with an exact inverse.
 
     Subclasses implement ``forward(x1, x2)`` and ``inverse(y1, y2)``; both must be deterministic so that the
-    backward pass of :func:`reversible_sequence` can recompute the forward pass. :attr:`nfe` is the number of
+    backward pass of :func:`reversible_sequence` can recompute the forward pass. ``nfe`` is the number of
     function evaluations one step takes.
     """
 
