@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from dedl.solvers.timegrid import check_time_grid
+
 __all__ = [
     "BrownianPath",
     "sdeint",
@@ -800,31 +802,33 @@ def _check_terms(terms: _Terms, sde: Any, method: str | None, logqp: bool) -> No
 
 
 def _check_times(ts: Any, y0: Tensor) -> tuple[list[float], torch.dtype]:
-    if isinstance(ts, Tensor):
-        if ts.dim() != 1 or ts.numel() < 1:
-            raise ValueError(f"ts must be a 1-D tensor of observation times, got shape {tuple(ts.shape)}")
-        t_dtype = ts.dtype if ts.is_floating_point() else y0.dtype
-        times = [float(s) for s in ts.detach().cpu().double().tolist()]
-    else:
+    """The output times as floats (the shared :func:`check_time_grid`, increasing) and their dtype."""
+    if not isinstance(ts, Tensor):  # Python numbers are doubles: keep them exact
         try:
-            times = [float(s) for s in ts]
+            ts = torch.tensor([float(s) for s in ts], dtype=torch.float64)
         except TypeError as err:
             raise TypeError(f"ts must be a 1-D tensor or a sequence of numbers, got {type(ts).__name__}") from err
-        if len(times) < 1:
-            raise ValueError("ts must hold at least one time")
         t_dtype = y0.dtype
-    if not all(math.isfinite(s) for s in times):
-        raise ValueError(f"ts must be finite, got {times}")
-    diffs = [b - a for a, b in zip(times[:-1], times[1:])]
-    if any(d <= 0 for d in diffs):
-        if all(d < 0 for d in diffs):
+    else:
+        t_dtype = ts.dtype if ts.is_floating_point() else y0.dtype
+    try:
+        grid = check_time_grid(ts, "ts", increasing=True)
+    except ValueError as err:
+        if _strictly_decreasing(ts):
             raise ValueError(
                 "ts must be strictly increasing; sdeint integrates forward in time only (for a reverse-time SDE "
                 "such as a score-SDE sampler, write it in the reversed time s = T - t)"
-            )
-        k = next(i for i, d in enumerate(diffs) if d <= 0)
-        raise ValueError(f"ts must be strictly increasing, but ts[{k}]={times[k]} >= ts[{k + 1}]={times[k + 1]}")
-    return times, t_dtype
+            ) from err
+        raise
+    return [float(s) for s in grid.double().cpu().tolist()], t_dtype
+
+
+def _strictly_decreasing(ts: Any) -> bool:
+    try:
+        grid = check_time_grid(ts, "ts")
+    except (TypeError, ValueError):
+        return False
+    return grid.numel() > 1 and bool(grid[1] < grid[0])
 
 
 def _noise_size(terms: _Terms, noise_type: str, t0: Tensor, y0: Tensor, bm: Any) -> int:
