@@ -1,9 +1,11 @@
-"""Small helpers every chapter uses: device, seeding, the scale switch, an NFE counter, measured orders."""
+"""Small helpers every chapter uses: device, seeding, the scale switch, an NFE counter, measured orders and
+CPU times."""
 
 from __future__ import annotations
 
 import os
 import random
+import time
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
@@ -97,3 +99,27 @@ def fitted_order(steps: Sequence[float], errors: Sequence[float]) -> float:
     if np.ptp(np.log(h)) == 0:
         raise ValueError("the steps must not all be equal")
     return float(np.polyfit(np.log(h), np.log(e), 1)[0])
+
+
+def cpu_seconds(fn: Callable[[], object], repeats: int = 1) -> float:
+    """The median CPU time of ``fn()`` in seconds, over ``repeats`` calls, with torch on one thread.
+
+    Unlike wall-clock time, CPU time does not grow when other jobs share the machine, and one thread makes it
+    the same work whatever the thread count; a timing claim in a chapter rests on this, with a wide margin.
+
+    Raises:
+        ValueError: ``repeats`` is not a positive integer.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            fn()
+            times.append(time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return float(np.median(times))

@@ -14,6 +14,7 @@ from dedl.solvers import odeint
 from dedl.utils import (
     SCALES,
     NFECounter,
+    cpu_seconds,
     fitted_order,
     get_device,
     get_scale,
@@ -199,3 +200,24 @@ def test_fitted_order_is_the_least_squares_slope_of_noisy_errors():
 def test_fitted_order_rejects_what_has_no_logarithmic_slope(steps, errors):
     with pytest.raises(ValueError):
         fitted_order(steps, errors)
+
+
+def test_cpu_seconds_times_the_work_on_one_thread_and_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    seen = []
+    x = torch.randn(200, 200)
+
+    def work():
+        seen.append(torch.get_num_threads())
+        for _ in range(20):
+            x @ x
+
+    seconds = cpu_seconds(work, repeats=3)
+    assert seen == [1, 1, 1] and torch.get_num_threads() == threads
+    assert seconds > 0
+
+
+@pytest.mark.parametrize("repeats", [0, -1, 1.5, True])
+def test_cpu_seconds_rejects_a_bad_number_of_repeats(repeats):
+    with pytest.raises(ValueError, match="repeats"):
+        cpu_seconds(lambda: None, repeats=repeats)
