@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from dedl.cde import ControlledField, cdeint
 from dedl.interpolation import LinearInterpolation, NaturalCubicSpline
 from dedl.solvers import METHODS, odeint
+from dedl.utils import fitted_order
 
 KNOTS = torch.tensor([0.0, 0.37, 0.8, 1.45, 1.6, 2.0], dtype=torch.float64)
 # a kinked control: slopes change sign at every knot
@@ -80,7 +80,7 @@ def test_each_method_converges_at_its_order(path_cls, method):
     sizes = [0.01, 0.005, 0.0025, 0.00125]
     errors = [float((cdeint(path, f, z0, t, method=method, options={"step_size": h})[-1] - reference).norm())
               for h in sizes]
-    order = np.polyfit(np.log(sizes), np.log(errors), 1)[0]
+    order = fitted_order(sizes, errors)
     assert abs(order - ORDERS[method]) < 0.25, (errors, order)
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from dedl.solvers import PIController, odeint, odeint_adjoint, odeint_event
+from dedl.utils import fitted_order
 
 
 # --- the step-size controller -----------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def test_dense_output_converges_at_its_order(method, order):
                     options={"first_step": h, "max_step": h})
         exact = torch.stack([torch.cos(t[1]), -torch.sin(t[1])])
         errors.append(float((ys[1] - exact).norm()))
-    slope = np.polyfit(np.log(sizes), np.log(errors), 1)[0]
+    slope = fitted_order(sizes, errors)
     assert abs(slope - (order + 1)) < 0.3, (errors, slope)
 
 
