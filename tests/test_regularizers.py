@@ -235,3 +235,49 @@ def test_steer_end_time_stays_in_range_and_rejects_bad_b():
             steer_end_time(1.0, b)
     with pytest.raises(ValueError, match="after t0"):
         steer_end_time(0.0, 0.1, t0=1.0)
+
+
+def test_neural_ode_penalties_in_training_only():
+    from dedl.nn.odenets import AugmentedNeuralODE, MLPVectorField, NeuralODE, odenet
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 2)
+    for adjoint in (False, True):
+        block = NeuralODE(MLPVectorField(2), regularizers=("kinetic", "jacobian"), adjoint=adjoint)
+        out = block(x)
+        assert set(block.penalties) == {"kinetic", "jacobian"}
+        assert all(p.shape == (5,) for p in block.penalties.values())
+        (out.square().sum() + block.penalties["kinetic"].mean()).backward()
+        assert all(p.grad is not None for p in block.parameters())
+        block.eval()
+        torch.testing.assert_close(block(x), out.detach(), atol=1e-3, rtol=1e-3)
+        assert block.penalties == {}
+    augmented = AugmentedNeuralODE(MLPVectorField(3), augment_dim=1, regularizers="taylor2")
+    augmented(x)
+    assert set(augmented.penalties) == {"taylor2"}
+    model = odenet(1, 4, 3, regularizers="kinetic")
+    model(torch.randn(2, 1, 6, 6))
+    assert model.body.penalties["kinetic"].shape == (2,)
+    with pytest.raises(ValueError, match="unknown regularizer"):
+        NeuralODE(MLPVectorField(2), regularizers="energy")
+    with pytest.raises(ValueError, match="noise"):
+        NeuralODE(MLPVectorField(2), regularizers="jacobian", noise="normal")
+
+
+def test_neural_ode_steer_draws_the_end_time_in_training():
+    from dedl.nn.odenets import MLPVectorField, NeuralODE
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 2)
+    block = NeuralODE(MLPVectorField(2), t=(0.0, 1.0), steer=0.5)
+    train_outputs = [block(x) for _ in range(3)]
+    assert not torch.allclose(train_outputs[0], train_outputs[1])
+    block.eval()
+    torch.testing.assert_close(block(x), block(x))
+    plain = NeuralODE(MLPVectorField(2))
+    plain.load_state_dict(block.state_dict())
+    torch.testing.assert_close(block(x), plain(x))
+    with pytest.raises(ValueError, match="b must satisfy"):
+        NeuralODE(MLPVectorField(2), steer=1.0)
+    with pytest.raises(ValueError, match="t = \\(t0, t1\\)"):
+        NeuralODE(MLPVectorField(2), t=(0.0, 0.5, 1.0), steer=0.1)

@@ -31,6 +31,7 @@ from dedl.cde import cdeint
 from dedl.interpolation import LinearInterpolation, NaturalCubicSpline
 from dedl.nn.checks import check_norm, positive_float, positive_int
 from dedl.nn.classifier import ImageClassifier
+from dedl.regularizers import NOISES, REGULARIZERS, regularized_odeint, steer_end_time
 from dedl.solvers import odeint, odeint_adjoint
 from dedl.solvers.timegrid import check_time_grid
 from dedl.utils import NFECounter
@@ -240,6 +241,17 @@ class NeuralODE(nn.Module):
     ``(len(t), *h0.shape)``. The vector field is wrapped in :class:`~dedl.utils.NFECounter`: after a forward
     pass :attr:`nfe` holds the evaluations it took, and after ``backward()`` :attr:`nfe_backward` the
     evaluations the backward pass took (zero without the adjoint: autograd replays stored operations).
+
+    Regularization (Part IV), in training mode only, so that evaluation solves the plain ODE:
+
+    * ``regularizers``: names or callables for :func:`dedl.regularizers.regularized_odeint` (e.g.
+      ``("kinetic", "jacobian")``, RNODE {cite}`finlay2020train`; ``"taylor2"``, TayNODE
+      {cite}`kelly2020learning`). After a training forward pass :attr:`penalties` maps each name to its
+      integral along the solution, shape ``(batch,)``: add ``λ * penalty.mean()`` to the loss. The field
+      evaluations the penalties make (a Jacobian-vector product is one more) count in :attr:`nfe`.
+      ``noise`` is the Hutchinson probe's distribution.
+    * ``steer``: STEER's half-width ``b`` {cite}`ghosh2020steer`: each training forward pass integrates to an end
+      time drawn from ``[t1 - b, t1 + b]`` (:func:`dedl.regularizers.steer_end_time`); needs ``t = (t0, t1)``.
     """
 
     def __init__(
@@ -251,6 +263,9 @@ class NeuralODE(nn.Module):
         atol: float = ATOL,
         options: dict | None = None,
         adjoint: bool = False,
+        regularizers: str | Sequence[str | Callable] | None = None,
+        noise: str = "gaussian",
+        steer: float = 0.0,
     ):
         super().__init__()
         if not isinstance(func, nn.Module):
@@ -263,6 +278,22 @@ class NeuralODE(nn.Module):
         self.options = options
         self.adjoint = adjoint
         self._nfe = 0
+        if regularizers is not None:
+            names = (regularizers,) if isinstance(regularizers, str) or callable(regularizers) else regularizers
+            for name in names:
+                if not (callable(name) or name in REGULARIZERS):
+                    raise ValueError(f"unknown regularizer {name!r}: use one of {REGULARIZERS} or a callable")
+        if noise not in NOISES:
+            raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+        self.regularizers = regularizers
+        self.noise = noise
+        self.steer = float(steer)
+        if self.steer:
+            t = self.t.tolist()
+            if len(t) != 2:
+                raise ValueError(f"steer needs t = (t0, t1), got {len(t)} times")
+            steer_end_time(t[1], self.steer, t[0])  # checks 0 <= steer < t1 - t0
+        self.penalties: dict[str, Tensor] = {}
 
     @property
     def nfe(self) -> int:
@@ -284,7 +315,12 @@ class NeuralODE(nn.Module):
         t = t.to(device=h0.device, dtype=h0.dtype)
         self.func.reset()
         kwargs = dict(method=self.method, rtol=self.rtol, atol=self.atol, options=self.options)
-        if self.adjoint:
+        self.penalties = {}
+        if self.training and self.regularizers is not None:
+            ys, self.penalties = regularized_odeint(
+                self.func, h0, t, self.regularizers, noise=self.noise, adjoint=self.adjoint, **kwargs
+            )
+        elif self.adjoint:
             ys = odeint_adjoint(self.func, h0, t, adjoint_params=tuple(self.func.parameters()), **kwargs)
         else:
             ys = odeint(self.func, h0, t, **kwargs)
@@ -293,8 +329,15 @@ class NeuralODE(nn.Module):
             raise FloatingPointError("the ODE solution became non-finite; lower the step size or the tolerances")
         return ys
 
+    def _end(self) -> Tensor:
+        """The block's times, with STEER's random end time in training."""
+        if not (self.training and self.steer):
+            return self.t
+        t0, t1 = self.t.tolist()
+        return torch.tensor([t0, steer_end_time(t1, self.steer, t0)], dtype=self.t.dtype, device=self.t.device)
+
     def forward(self, h0: Tensor) -> Tensor:
-        return self._solve(h0, self.t)[-1]
+        return self._solve(h0, self._end())[-1]
 
     def trajectory(self, h0: Tensor, t: Sequence[float] | Tensor | None = None) -> Tensor:
         """The solution at every time of ``t`` (default: the block's grid), shape ``(len(t), *h0.shape)``."""
@@ -303,7 +346,10 @@ class NeuralODE(nn.Module):
     def extra_repr(self) -> str:
         t = self.t.tolist()
         span = f"t=({t[0]:g}, {t[-1]:g})" if len(t) == 2 else f"t=<{len(t)} times in [{t[0]:g}, {t[-1]:g}]>"
-        return f"{span}, method={self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}, adjoint={self.adjoint}"
+        extra = f", regularizers={self.regularizers!r}" if self.regularizers is not None else ""
+        extra += f", steer={self.steer:g}" if self.steer else ""
+        return (f"{span}, method={self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}, "
+                f"adjoint={self.adjoint}{extra}")
 
 
 def odenet(
@@ -318,6 +364,8 @@ def odenet(
     adjoint: bool = False,
     time_dependent: bool = True,
     norm: str | None = "group",
+    regularizers: str | Sequence[str | Callable] | None = None,
+    steer: float = 0.0,
 ) -> ImageClassifier:
     """Chen et al.'s ODE-Net {cite}`chen2018neural` (Sec. 7.1) in the book's shared classifier frame.
 
@@ -325,7 +373,8 @@ def odenet(
     channels, one ODE block whose convolutional vector field is shared across depth, then global average
     pooling and a linear head. The residual stack of a ResNet is replaced by the solver; ``model.body`` is
     the :class:`NeuralODE`, so ``model.body.nfe`` reports the cost of a prediction and
-    ``model.body.rtol`` may be changed at test time. ``norm`` is passed to :class:`ConvVectorField`.
+    ``model.body.rtol`` may be changed at test time. ``norm`` is passed to :class:`ConvVectorField`;
+    ``regularizers`` and ``steer`` to :class:`NeuralODE` (the penalties are then ``model.body.penalties``).
     """
     positive_int("width", width)
     body = NeuralODE(
@@ -336,6 +385,8 @@ def odenet(
         atol=atol,
         options=options,
         adjoint=adjoint,
+        regularizers=regularizers,
+        steer=steer,
     )
     return ImageClassifier(body, in_channels=in_channels, width=width, num_classes=num_classes)
 
@@ -356,7 +407,8 @@ class AugmentedNeuralODE(NeuralODE):
 
     As in the paper, a classifier reads the whole augmented state ``h(T)`` through a linear layer:
     ``forward`` returns all ``d + p`` dimensions. With ``return_augmented=False`` the extra dimensions are
-    dropped and the output has the input's shape.
+    dropped and the output has the input's shape. ``regularizers``, ``noise`` and ``steer`` are those of
+    :class:`NeuralODE`.
     """
 
     def __init__(
@@ -370,8 +422,14 @@ class AugmentedNeuralODE(NeuralODE):
         options: dict | None = None,
         adjoint: bool = False,
         return_augmented: bool = True,
+        regularizers: str | Sequence[str | Callable] | None = None,
+        noise: str = "gaussian",
+        steer: float = 0.0,
     ):
-        super().__init__(func, t=t, method=method, rtol=rtol, atol=atol, options=options, adjoint=adjoint)
+        super().__init__(
+            func, t=t, method=method, rtol=rtol, atol=atol, options=options, adjoint=adjoint,
+            regularizers=regularizers, noise=noise, steer=steer,
+        )
         positive_int("augment_dim", augment_dim, allow_zero=True)
         self.augment_dim = augment_dim
         self.return_augmented = return_augmented
@@ -389,7 +447,7 @@ class AugmentedNeuralODE(NeuralODE):
         return h if self.return_augmented else h[:, :d]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._output(self._solve(self.augment(x), self.t)[-1], x.shape[1])
+        return self._output(self._solve(self.augment(x), self._end())[-1], x.shape[1])
 
     def trajectory(self, x: Tensor, t: Sequence[float] | Tensor | None = None) -> Tensor:
         """The (augmented, unless ``return_augmented=False``) state at every time, shape ``(len(t), B, ...)``."""
