@@ -1,0 +1,581 @@
+"""Stochastic regularizers of residual networks read as stochastic differential equations.
+
+Dropout {cite}`srivastava2014dropout`, stochastic depth {cite}`huang2016deep`, shake-shake {cite}`gastaldi2017shake`
+and Gaussian noise injection perturb the residual branch of a ResNet with noise of mean zero. Written with the step
+``h = T / depth`` of :class:`dedl.nn.resnets.EulerResNet`, every such block is
+
+    ``x_{n+1} = x_n + h f_n(x_n) + h ξ_n ⊙ a_n(x_n)``,   ``E ξ_n = 0``,
+
+and the Euler–Maruyama step of the Itô SDE ``dX = f(t, X) dt + g(t, X) dW`` on ``[0, T]`` is
+``x + h f(x) + g(x) √h Z``. The two agree in mean and covariance when ``Var(h ξ_n) = h σ²``, i.e.
+``Var ξ_n = σ² / h``, with ``g = σ a`` {cite}`lu2018beyond,sun2018stochastic` (Lu et al., Sec. 3; Sun, Tao and Du,
+Sec. 3). The noise is drawn at the start of the step, so the limit is read in the Itô sense. Each body of this module
+is parametrised by that SDE's noise level ``sigma`` (σ) and derives its discrete noise from σ and ``h``:
+
+* :class:`DropoutResNet`: ``x + h (m ⊙ f(x)) / q``, ``m ~ Bernoulli(q)`` per element, ``q = h / (h + σ²)``;
+  SDE ``dX = f dt + σ f(X) ⊙ dW`` (diagonal noise).
+* :class:`StochasticDepthResNet`: ``x + h (η / q) f(x)``, ``η ~ Bernoulli(q)`` per sample, ``q = h / (h + σ²)``;
+  SDE ``dX = f dt + σ f(X) dW`` with one Brownian motion per sample (scalar noise).
+* :class:`ShakeShakeResNet`: ``x + h (α f₁(x) + (1 − α) f₂(x))``, ``α = ½ + s U(−1, 1)`` per sample,
+  ``s = √(3σ²/h)``; SDE ``dX = ½(f₁ + f₂) dt + σ (f₁ − f₂) dW`` (scalar noise).
+* :class:`GaussianNoiseResNet`: ``x + h f(x) + σ √h ε``, ``ε ~ N(0, I)``; SDE ``dX = f dt + σ dW`` (additive
+  noise).
+
+(Dropout: ``m / q = 1 + ξ`` with ``Var ξ = (1 − q)/q``, so ``σ² = h (1 − q)/q``; shake-shake: ``α − ½ = ξ`` with
+``Var α = s²/3``, so ``σ² = h Var α``; Gastaldi's ``α ~ U(0, 1)`` is ``s = ½``, ``σ² = h/12``.)
+
+**Two uses, one parameter.** (i) A practitioner's network (``T = depth``, so ``h = 1``; drop rate 0.1;
+``α ~ U(0, 1)``) is built by converting the familiar rate into σ with :func:`sigma_from_drop_rate`,
+:func:`sigma_from_shake_spread` or :func:`sigma_from_noise_std`, e.g.
+``DropoutResNet(16, 8, T=8.0, sigma=sigma_from_drop_rate(0.1, h=1.0))``; such a network is the Euler–Maruyama
+discretisation, with step ``h``, of an SDE whose σ² is of the size of ``h`` times the rate. (ii) The depth limit at
+fixed ``T`` and a fixed SDE keeps ``sigma`` and lets ``depth`` grow: the keep probability ``q = h / (h + σ²)`` and
+the shake spread ``s = √(3σ²/h)`` then follow ``h`` (``s > ½`` lets ``α`` leave ``[0, 1]``; that is the price of a
+non-vanishing diffusion). The properties ``keep``, ``drop_rate``, ``spread`` and ``noise_std`` give the discrete
+rates a body uses.
+
+**What converges.** For every body the mean and covariance of each step are those of the Euler–Maruyama step, so the
+first two moments of the output converge to the SDE's at weak order 1 (:func:`linear_moments` computes both exactly
+for a linear field). Gaussian and shake-shake noise have bounded (or Gaussian) increments of size ``√h`` and the
+whole distribution converges (weak order 1). Bernoulli noise does not: at fixed σ and ``h → 0``, ``q → 0`` and a
+block that is kept jumps by ``(h + σ²) f(x) ≈ σ² f(x)`` at rate ``1/σ²`` per unit time, so the depth limit of
+dropout and stochastic depth is a jump process with the SDE's mean and covariance, and the SDE is its diffusion
+approximation, accurate when ``σ² f`` is small (e.g. stochastic depth keeps no block at all with probability
+``(1 − q)^depth → e^{−T/σ²}``).
+
+**The SDE.** ``sde()`` returns a :class:`ResidualSDE`, an object in torchsde's convention (``f(t, y)``,
+``g(t, y)``, ``noise_type``, ``sde_type = "ito"``; see :mod:`dedl.solvers.sde`) on flattened states, so that
+``sdeint(body.sde(), x0, ts, method="euler", dt=...)`` solves the limit. Its drift at time ``t`` is the residual
+function of block ``⌊t / h⌋`` (the network's own, piecewise constant in ``t``); with tied weights (``residual``
+returning the same module every time, as in :mod:`dedl.nn.resnets`) the SDE is autonomous and the same for every
+depth. For images (``kind="conv"``) pass ``image_size``; ``ResidualSDE.flatten`` / ``unflatten`` convert states.
+
+Every body takes ``(width, depth, T=1.0, kind, hidden, kernel_size, norm, residual)`` like the bodies of
+:mod:`dedl.nn.resnets` (same :class:`~dedl.nn.resnets.ResidualFunction`, same checks), plus the keyword-only
+``sigma`` (``sigma=0`` is :class:`~dedl.nn.resnets.EulerResNet`); it exposes ``h``, ``nfe`` (``depth``,
+``2 depth`` for shake-shake) and ``trajectory(x)`` (noisy in training mode) and fits
+:class:`dedl.nn.classifier.ImageClassifier`. Parameter count ``depth · P_f`` (``2 depth · P_f`` for shake-shake).
+Training mode draws the noise from torch's global generator (seed with :func:`dedl.utils.seed_everything`);
+evaluation mode is deterministic, the mean network ``x + h f(x)`` (``x + h ½(f₁ + f₂)`` for shake-shake).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from dedl.nn.checks import check_image_or_vector, positive_float, positive_int, probability
+from dedl.nn.resnets import Factory, _build, _SchemeBody
+
+__all__ = [
+    "DropoutResNet",
+    "StochasticDepthResNet",
+    "ShakeShakeResNet",
+    "GaussianNoiseResNet",
+    "ResidualSDE",
+    "linear_moments",
+    "sigma_from_drop_rate",
+    "sigma_from_shake_spread",
+    "sigma_from_noise_std",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# from the practitioner's rates to the SDE's sigma
+# --------------------------------------------------------------------------------------------------
+
+
+def sigma_from_drop_rate(drop: float, h: float) -> float:
+    """The σ of the SDE that dropout or stochastic depth with drop rate ``drop`` discretises at step ``h``.
+
+    With keep probability ``q = 1 − drop`` the noise ``m / q − 1`` has variance ``(1 − q)/q``, so a step adds
+    ``h² (1 − q)/q`` times ``f²`` to the variance, which is ``h σ² f²`` for ``σ² = h · drop / (1 − drop)``
+    {cite}`lu2018beyond,sun2018stochastic`. The inverse is ``q = h / (h + σ²)`` (the bodies' ``keep``).
+    E.g. ``sigma_from_drop_rate(0.1, h=1.0) = 1/3``.
+    """
+    drop = probability("drop", drop, allow_zero=True, allow_one=False)
+    h = positive_float("h", h)
+    return math.sqrt(h * drop / (1.0 - drop))
+
+
+def sigma_from_shake_spread(spread: float, h: float) -> float:
+    """The σ of the SDE that shake-shake with ``α ~ ½ + spread · U(−1, 1)`` discretises at step ``h``.
+
+    ``Var α = spread² / 3``, so ``σ² = h Var α = h spread² / 3``; Gastaldi's ``α ~ U(0, 1)``
+    {cite}`gastaldi2017shake` is ``spread = ½``, ``σ = √(h / 12)``. The inverse is ``spread = √(3σ²/h)``
+    (:attr:`ShakeShakeResNet.spread`).
+    """
+    spread = positive_float("spread", spread, allow_zero=True)
+    h = positive_float("h", h)
+    return spread * math.sqrt(h / 3.0)
+
+
+def sigma_from_noise_std(std: float, h: float) -> float:
+    """The σ of ``dX = f dt + σ dW`` that Gaussian noise of standard deviation ``std`` added after each block
+    discretises at step ``h``: the Euler–Maruyama increment is ``σ √h ε``, so ``σ = std / √h``."""
+    std = positive_float("std", std, allow_zero=True)
+    h = positive_float("h", h)
+    return std / math.sqrt(h)
+
+
+# --------------------------------------------------------------------------------------------------
+# the SDE a body discretises
+# --------------------------------------------------------------------------------------------------
+
+
+class ResidualSDE:
+    """The Itô SDE ``dX = f(t, X) dt + g(t, X) dW`` on ``[0, T]`` that a noisy body discretises (module docstring).
+
+    An object in torchsde's convention for :func:`dedl.solvers.sdeint` (``f(t, y)``, ``g(t, y)``, ``f_and_g(t, y)``,
+    ``noise_type``, ``sde_type = "ito"``) on flattened states ``y`` of shape ``(batch, d)``, ``d = width`` for
+    vectors and ``width · H · W`` for images. The drift and diffusion at time ``t`` use the residual function(s) of
+    block ``n = ⌊t / h⌋`` (clipped to ``[0, depth − 1]``): the network's own weights, not a copy, so the SDE
+    follows training. ``g`` has shape ``(batch, d)`` for diagonal noise (dropout; Gaussian noise, whose constant
+    ``g = σ`` is written in the diagonal form instead of a ``(batch, d, d)`` identity) and ``(batch, d, 1)`` for
+    scalar noise (stochastic depth, shake-shake). The residual functions are called in the mode they are in: call
+    ``body.eval()`` first when they hold batch norms, so that ``f`` is a fixed function.
+    """
+
+    sde_type = "ito"
+
+    def __init__(self, body: _NoisyResNet, shape: tuple[int, ...]):
+        self.body = body
+        self.shape = tuple(shape)
+        self.noise_type = body.noise_type
+
+    @property
+    def sigma(self) -> float:
+        """The noise level σ of the body."""
+        return self.body.sigma
+
+    @property
+    def T(self) -> float:
+        """The end time of the SDE, the body's ``T``."""
+        return self.body.T
+
+    def block(self, t: Tensor | float) -> int:
+        """The block ``n = ⌊t / h⌋`` whose weights act at time ``t`` (a small tolerance absorbs round-off)."""
+        n = math.floor(float(t) / self.body.h + 1e-6)
+        return min(max(n, 0), self.body.depth - 1)
+
+    def flatten(self, x: Tensor) -> Tensor:
+        """A batch of states ``(batch, *shape)`` as the ``(batch, d)`` matrix that ``sdeint`` takes."""
+        check_image_or_vector(x, self.body.kind, self.body.width)
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"expected states of shape (batch, *{self.shape}), got {tuple(x.shape)}")
+        return x.reshape(x.shape[0], -1)
+
+    def unflatten(self, y: Tensor) -> Tensor:
+        """The inverse of :meth:`flatten`, for any leading dimensions (e.g. ``sdeint``'s ``(len(ts), batch, d)``)."""
+        return y.reshape(*y.shape[:-1], *self.shape)
+
+    def f_and_g(self, t: Tensor | float, y: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.unflatten(y)
+        drift, amplitude = self.body._drift_and_amplitude(self.block(t), x)
+        drift, g = drift.reshape(y.shape), (self.sigma * amplitude).reshape(y.shape)
+        return drift, (g.unsqueeze(-1) if self.noise_type == "scalar" else g)
+
+    def f(self, t: Tensor | float, y: Tensor) -> Tensor:
+        """The drift: ``f_n(x)`` (``½(f₁ + f₂)`` for shake-shake), shape ``(batch, d)``."""
+        x = self.unflatten(y)
+        return self.body._drift(self.block(t), x).reshape(y.shape)
+
+    def g(self, t: Tensor | float, y: Tensor) -> Tensor:
+        """The diffusion: ``σ`` times the noise amplitude (``f_n``, ``f₁ − f₂`` or 1), shaped for ``noise_type``."""
+        return self.f_and_g(t, y)[1]
+
+    def __repr__(self) -> str:
+        return (
+            f"ResidualSDE({type(self.body).__name__}, noise_type={self.noise_type!r}, sigma={self.sigma:g}, "
+            f"T={self.T:g}, shape={self.shape})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# the bodies
+# --------------------------------------------------------------------------------------------------
+
+
+class _NoisyResNet(_SchemeBody):
+    """Forward Euler with noise on the residual branch: the frame of the four bodies (module docstring).
+
+    A subclass sets ``noise_type`` (of its SDE), ``branches`` (residual functions per block) and implements
+    ``_drift`` (``f_n(x)``), ``_amplitude`` (the noise amplitude ``a_n(x)``, ``g = σ a``) and ``_noisy_step``.
+    """
+
+    noise_type = "diagonal"
+    branches = 1
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        T: float,
+        kind: str,
+        hidden: int | None,
+        kernel_size: int,
+        norm: str | None,
+        residual: Factory | None,
+        sigma: float,
+    ):
+        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual)
+        self.sigma = positive_float("sigma", sigma, allow_zero=True)
+        self.fields = nn.ModuleList(
+            nn.ModuleList(_build(self._make, width) for _ in range(self.branches)) for _ in range(depth)
+        )
+
+    @property
+    def nfe(self) -> int:
+        return self.depth * self.branches
+
+    def _drift(self, n: int, x: Tensor) -> Tensor:
+        return self.fields[n][0](x)
+
+    def _drift_and_amplitude(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _noisy_step(self, n: int, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _states(self, x: Tensor) -> Iterator[Tensor]:
+        yield x
+        noisy = self.training and self.sigma > 0
+        for n in range(self.depth):
+            x = self._noisy_step(n, x) if noisy else x + self.h * self._drift(n, x)
+            yield x
+
+    def sde(self, image_size: tuple[int, int] | None = None) -> ResidualSDE:
+        """The Itô SDE this body discretises, as a :class:`ResidualSDE` for :func:`dedl.solvers.sdeint`.
+
+        ``image_size = (H, W)`` is required for ``kind="conv"`` (states are flattened to ``(batch, width H W)``)
+        and refused for ``kind="linear"``.
+        """
+        if self.kind == "linear":
+            if image_size is not None:
+                raise ValueError("image_size is for kind='conv'; a linear body's states are (batch, width)")
+            return ResidualSDE(self, (self.width,))
+        if image_size is None:
+            raise ValueError("kind='conv' needs image_size=(H, W) to flatten its states for sdeint")
+        if not isinstance(image_size, (tuple, list)) or len(image_size) != 2:
+            raise TypeError(f"image_size must be a pair (H, W) of ints, got {image_size!r}")
+        H, W = (positive_int("image_size[0]", image_size[0]), positive_int("image_size[1]", image_size[1]))
+        return ResidualSDE(self, (self.width, H, W))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, sigma={self.sigma:g}"
+
+
+def _per_sample(x: Tensor) -> tuple[int, ...]:
+    """The shape ``(batch, 1, ..., 1)`` of one draw per sample, broadcast over a state ``x``."""
+    return (x.shape[0],) + (1,) * (x.dim() - 1)
+
+
+class _BernoulliResNet(_NoisyResNet):
+    """Dropout and stochastic depth: ``x + h (mask / q) f(x)``, ``q = h / (h + σ²)``."""
+
+    @property
+    def keep(self) -> float:
+        """The keep probability ``q = h / (h + σ²)`` (1 without noise)."""
+        return self.h / (self.h + self.sigma**2)
+
+    @property
+    def drop_rate(self) -> float:
+        """The drop rate ``1 − q = σ² / (h + σ²)`` (0 without noise)."""
+        return self.sigma**2 / (self.h + self.sigma**2)
+
+    def _mask_shape(self, fx: Tensor) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _drift_and_amplitude(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        fx = self._drift(n, x)
+        return fx, fx
+
+    def _noisy_step(self, n: int, x: Tensor) -> Tensor:
+        fx, q = self._drift(n, x), self.keep
+        mask = torch.rand(self._mask_shape(fx), dtype=fx.dtype, device=fx.device) < q
+        return x + (self.h / q) * (mask * fx)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, keep={self.keep:.4g}"
+
+
+class DropoutResNet(_BernoulliResNet):
+    """Dropout on the residual branch {cite}`srivastava2014dropout`, read as an SDE {cite}`sun2018stochastic`.
+
+    Training: ``x_{n+1} = x_n + h (m_n ⊙ f_n(x_n)) / q``, ``m_n ~ Bernoulli(q)`` independently for every element
+    (sample, channel, pixel), keep probability ``q = h / (h + σ²)`` (``keep``; drop rate ``1 − q``,
+    ``drop_rate``); evaluation: ``x_n + h f_n(x_n)`` (the mean, :class:`~dedl.nn.resnets.EulerResNet`).
+    With ``m / q = 1 + ξ``, ``Var ξ = (1 − q)/q = σ²/h``, a step adds ``h ξ ⊙ f`` of variance ``h σ² f²``: the
+    Euler–Maruyama step of the Itô SDE with diagonal noise
+
+        ``dX = f(t, X) dt + σ f(t, X) ⊙ dW``
+
+    (Sun, Tao and Du, Sec. 3; Lu et al. {cite}`lu2018beyond`, Sec. 3, for the same reading of stochastic depth).
+    A practitioner's drop rate ``p`` at step ``h`` is ``sigma=sigma_from_drop_rate(p, h)``. The first two moments
+    of the output converge to the SDE's as ``depth → ∞`` at fixed σ; the distribution converges to a jump process
+    with those moments (module docstring), of which the SDE is the diffusion approximation.
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        T: float = 1.0,
+        kind: str = "conv",
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        norm: str | None = "batch",
+        residual: Factory | None = None,
+        *,
+        sigma: float,
+    ):
+        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
+
+    def _mask_shape(self, fx: Tensor) -> tuple[int, ...]:
+        return tuple(fx.shape)
+
+
+class StochasticDepthResNet(_BernoulliResNet):
+    """Stochastic depth {cite}`huang2016deep` per sample (drop-path), read as an SDE {cite}`lu2018beyond`.
+
+    Training: ``x_{n+1} = x_n + h (η_n / q) f_n(x_n)``, ``η_n ~ Bernoulli(q)`` once per sample and block (the whole
+    residual branch of that sample is kept or dropped; Huang et al. draw once per mini-batch, which couples the
+    samples), ``q = h / (h + σ²)`` (``keep``), the same survival probability for every block; evaluation:
+    ``x_n + h f_n(x_n)``. With ``η / q = 1 + ξ``, ``Var ξ = σ²/h``, this is the Euler–Maruyama step of the Itô SDE
+    with one Brownian motion per sample (scalar noise, ``g`` of shape ``(batch, d, 1)``)
+
+        ``dX = f(t, X) dt + σ f(t, X) dW``,
+
+    Lu et al.'s Sec. 3 reading (their ``p_n``, linearly decaying, would make σ depend on ``t``). The convergence
+    caveat of :class:`DropoutResNet` applies.
+    """
+
+    noise_type = "scalar"
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        T: float = 1.0,
+        kind: str = "conv",
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        norm: str | None = "batch",
+        residual: Factory | None = None,
+        *,
+        sigma: float,
+    ):
+        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
+
+    def _mask_shape(self, fx: Tensor) -> tuple[int, ...]:
+        return _per_sample(fx)
+
+
+class ShakeShakeResNet(_NoisyResNet):
+    """Shake-shake regularization {cite}`gastaldi2017shake`, read as an SDE {cite}`sun2018stochastic`.
+
+    Each block has two residual functions (``fields[n][0]``, ``fields[n][1]``). Training:
+    ``x_{n+1} = x_n + h (α_n f₁(x_n) + (1 − α_n) f₂(x_n))`` with ``α_n = ½ + s U(−1, 1)`` drawn per sample and block,
+    ``s = √(3σ²/h)`` (:attr:`spread`; Gastaldi's ``α ~ U(0, 1)`` is ``s = ½``, :func:`sigma_from_shake_spread`);
+    evaluation: ``α = ½``, ``x_n + h ½(f₁ + f₂)(x_n)``. Writing ``α − ½ = ξ``, ``Var ξ = s²/3 = σ²/h``, the step is
+    ``x + h ½(f₁ + f₂) + h ξ (f₁ − f₂)``: the Euler–Maruyama step of the Itô SDE with scalar noise
+
+        ``dX = ½(f₁ + f₂)(t, X) dt + σ (f₁ − f₂)(t, X) dW``.
+
+    ``shake_backward=True`` (the default) is Gastaldi's "Shake-Shake": the backward pass uses an independent
+    ``β_n`` (same law) in place of ``α_n``; ``False`` keeps ``α_n`` ("Shake-Keep"). To tie the weights of all steps,
+    let ``residual`` alternate between two modules, e.g. ``residual=lambda w, c=itertools.cycle((f1, f2)): next(c)``
+    (the body calls it for branch 1, then branch 2, block after block).
+    """
+
+    noise_type = "scalar"
+    branches = 2
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        T: float = 1.0,
+        kind: str = "conv",
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        norm: str | None = "batch",
+        residual: Factory | None = None,
+        *,
+        sigma: float,
+        shake_backward: bool = True,
+    ):
+        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
+        if not isinstance(shake_backward, bool):
+            raise TypeError(f"shake_backward must be a bool, got {type(shake_backward).__name__}")
+        self.shake_backward = shake_backward
+
+    @property
+    def spread(self) -> float:
+        """``s = √(3σ²/h)``: ``α`` is uniform on ``[½ − s, ½ + s]``."""
+        return math.sqrt(3.0 * self.sigma**2 / self.h)
+
+    def _drift(self, n: int, x: Tensor) -> Tensor:
+        f1, f2 = self.fields[n]
+        return 0.5 * (f1(x) + f2(x))
+
+    def _drift_and_amplitude(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        f1, f2 = self.fields[n]
+        a, b = f1(x), f2(x)
+        return 0.5 * (a + b), a - b
+
+    def _uniform(self, x: Tensor) -> Tensor:
+        return 0.5 + self.spread * (2.0 * torch.rand(_per_sample(x), dtype=x.dtype, device=x.device) - 1.0)
+
+    def _noisy_step(self, n: int, x: Tensor) -> Tensor:
+        f1, f2 = self.fields[n]
+        a, b = f1(x), f2(x)
+        alpha = self._uniform(x)
+        if not self.shake_backward:
+            return x + self.h * (b + alpha * (a - b))
+        beta = self._uniform(x)
+        # forward value α a + (1 − α) b, gradient of β a + (1 − β) b
+        mixed = b + beta * (a - b) + ((alpha - beta) * (a - b)).detach()
+        return x + self.h * mixed
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, spread={self.spread:.4g}, shake_backward={self.shake_backward}"
+
+
+class GaussianNoiseResNet(_NoisyResNet):
+    """Gaussian noise injection after each residual block, read as an SDE with additive noise {cite}`liu2019neural`.
+
+    Training: ``x_{n+1} = x_n + h f_n(x_n) + σ √h ε_n``, ``ε_n ~ N(0, I)`` for every element; evaluation:
+    ``x_n + h f_n(x_n)``. This is exactly the Euler–Maruyama step of the Itô SDE with additive noise
+
+        ``dX = f(t, X) dt + σ dW``,
+
+    the Neural SDE of Liu et al. (their additive-noise case). Noise of standard deviation ``std`` per block is
+    ``sigma=sigma_from_noise_std(std, h)`` (:attr:`noise_std` is ``σ √h``). ``sde()`` writes the constant
+    diffusion in the diagonal form (``g = σ``, shape ``(batch, d)``).
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        T: float = 1.0,
+        kind: str = "conv",
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        norm: str | None = "batch",
+        residual: Factory | None = None,
+        *,
+        sigma: float,
+    ):
+        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
+
+    @property
+    def noise_std(self) -> float:
+        """The standard deviation ``σ √h`` of the noise added by one block."""
+        return self.sigma * math.sqrt(self.h)
+
+    def _drift_and_amplitude(self, n: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        fx = self._drift(n, x)
+        return fx, torch.ones_like(fx)
+
+    def _noisy_step(self, n: int, x: Tensor) -> Tensor:
+        return x + self.h * self._drift(n, x) + self.noise_std * torch.randn_like(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# exact moments for a linear field
+# --------------------------------------------------------------------------------------------------
+
+
+def _linear_maps(body: _NoisyResNet) -> list[list[Tensor]]:
+    """The matrices ``A`` of each block's residual functions, which must be bias-free ``nn.Linear(width, width)``."""
+    maps = []
+    for n, block in enumerate(body.fields):
+        row = []
+        for f in block:
+            if not isinstance(f, nn.Linear) or f.bias is not None:
+                raise TypeError(
+                    f"linear_moments needs residual functions nn.Linear(width, width, bias=False); block {n} has "
+                    f"{type(f).__name__}{' with a bias' if isinstance(f, nn.Linear) else ''}"
+                )
+            row.append(f.weight.detach().to(torch.float64))
+        maps.append(row)
+    return maps
+
+
+def _noise_operator(body: _NoisyResNet, C: Tensor):
+    """``N(M) = E[a a^T]`` for ``E[x x^T] = M`` with noise amplitude ``a = C x`` (elementwise noise keeps the
+    diagonal only), or the identity for additive noise: the Itô correction ``g g^T`` of the moment equation."""
+    if isinstance(body, GaussianNoiseResNet):
+        eye = torch.eye(body.width, dtype=torch.float64)
+        return lambda M: eye
+    if isinstance(body, DropoutResNet):
+        return lambda M: torch.diag(torch.diagonal(C @ M @ C.T))
+    return lambda M: C @ M @ C.T
+
+
+def linear_moments(body: _NoisyResNet, x0: Tensor, sde: bool = False) -> tuple[Tensor, Tensor]:
+    """The exact mean and covariance of a noisy body's output (training mode) for a linear field, or of its SDE.
+
+    For bias-free linear residual functions ``f_n(x) = A_n x`` (``kind="linear"``; for shake-shake
+    ``B_n = ½(A₁ + A₂)``, ``C_n = A₁ − A₂``, else ``B_n = C_n = A_n``) started at the fixed input ``x0`` of shape
+    ``(width,)``, the mean ``m`` and second moment ``M = E[x x^T]`` obey closed recursions (everything in float64):
+
+    * the network (``sde=False``): ``m ← (I + h B) m``, ``M ← (I + h B) M (I + h B)^T + h σ² N(M)``;
+    * the SDE at time ``T`` (``sde=True``): ``m' = B m``, ``M' = B M + M B^T + σ² N(M)`` on each block's interval,
+      solved exactly with the matrix exponential,
+
+    with ``N(M) = C M C^T`` (scalar noise), its diagonal (dropout's diagonal noise) or ``I`` (Gaussian noise). The
+    network's recursion is a first-order (Euler) step of the SDE's, so the two differ by ``O(h)``: the weak error
+    of the mean and covariance, without Monte Carlo noise {cite}`kloeden1992numerical` (Sec. 14.1).
+
+    Returns:
+        ``(mean, covariance)``, shapes ``(width,)`` and ``(width, width)``, float64.
+
+    Raises:
+        TypeError: ``body`` is not a noisy body of this module, a residual function is not a bias-free
+            ``nn.Linear``, or ``x0`` is not a floating-point tensor.
+        ValueError: ``x0`` is not of shape ``(width,)``.
+    """
+    if not isinstance(body, _NoisyResNet):
+        raise TypeError(f"body must be a noisy body of dedl.nn.sdenets, got {type(body).__name__}")
+    if not isinstance(x0, Tensor) or not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating-point tensor, got {type(x0).__name__}")
+    if tuple(x0.shape) != (body.width,):
+        raise ValueError(f"x0 must have shape (width,) = ({body.width},), got {tuple(x0.shape)}")
+    if not isinstance(sde, bool):
+        raise TypeError(f"sde must be a bool, got {type(sde).__name__}")
+    d, h, s2 = body.width, body.h, body.sigma**2
+    m = x0.detach().to(torch.float64)
+    M = torch.outer(m, m)
+    eye = torch.eye(d, dtype=torch.float64)
+    for maps in _linear_maps(body):
+        B = maps[0] if len(maps) == 1 else 0.5 * (maps[0] + maps[1])
+        C = maps[0] if len(maps) == 1 else maps[0] - maps[1]
+        N = _noise_operator(body, C)
+        if not sde:
+            step = eye + h * B
+            m, M = step @ m, step @ M @ step.T + h * s2 * N(M)
+            continue
+        m = torch.linalg.matrix_exp(h * B) @ m
+        # vec(M)' = K vec(M) + c, with the affine part c (Gaussian noise) carried by an extra constant coordinate
+        K = torch.zeros(d * d + 1, d * d + 1, dtype=torch.float64)
+        for k in range(d * d):
+            E = torch.zeros(d * d, dtype=torch.float64)
+            E[k] = 1.0
+            E = E.view(d, d)
+            noise = N(E) if not isinstance(body, GaussianNoiseResNet) else torch.zeros_like(E)
+            K[: d * d, k] = (B @ E + E @ B.T + s2 * noise).flatten()
+        if isinstance(body, GaussianNoiseResNet):
+            K[: d * d, -1] = s2 * eye.flatten()
+        z = torch.cat([M.flatten(), torch.ones(1, dtype=torch.float64)])
+        M = (torch.linalg.matrix_exp(h * K) @ z)[: d * d].view(d, d)
+    return m, M - torch.outer(m, m)
