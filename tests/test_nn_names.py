@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import dedl.nn.odenets as odenets
-from dedl.nn import checks, classifier, pde, resnets, stable
+from dedl.nn import checks, classifier, pde, resnets, sdenets, stable
 from dedl.nn.odenets import (
     AugmentedNeuralODE,
     ConvVectorField,
@@ -21,9 +21,10 @@ from dedl.nn.odenets import (
 )
 from dedl.nn.pde import HyperbolicCNN, ParabolicCNN, PDEForce
 from dedl.nn.resnets import EulerResNet, FractalNet, LMResNet, PolyNet, ResidualFunction, RKNet
+from dedl.nn.sdenets import DropoutResNet, GaussianNoiseResNet, ShakeShakeResNet, StochasticDepthResNet
 from dedl.nn.stable import AntisymmetricResNet, HamiltonianNet, LeapfrogNet, RevNet
 
-MODULES = (resnets, stable, pde, odenets, classifier)
+MODULES = (resnets, stable, pde, odenets, classifier, sdenets)
 
 # every discrete body, built small: (make, input); depth 3 throughout
 BODIES = {
@@ -38,6 +39,10 @@ BODIES = {
     "LeapfrogNet": (lambda: LeapfrogNet(4, 3), (2, 4, 5, 5)),
     "ParabolicCNN": (lambda: ParabolicCNN(4, 3), (2, 4, 5, 5)),
     "HyperbolicCNN": (lambda: HyperbolicCNN(4, 3), (2, 4, 5, 5)),
+    "DropoutResNet": (lambda: DropoutResNet(4, 3, sigma=0.5), (2, 4, 5, 5)),
+    "StochasticDepthResNet": (lambda: StochasticDepthResNet(4, 3, kind="linear", sigma=0.5), (2, 4)),
+    "ShakeShakeResNet": (lambda: ShakeShakeResNet(4, 3, sigma=0.5), (2, 4, 5, 5)),
+    "GaussianNoiseResNet": (lambda: GaussianNoiseResNet(4, 3, kind="linear", sigma=0.5), (2, 4)),
 }
 
 
