@@ -105,6 +105,64 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[Tensor, Ten
     return (x_train - mean) / std, y[~test_mask], (x_test - mean) / std, y[test_mask]
 
 
+#: The shifts of :func:`out_of_distribution_images`.
+OOD_KINDS = ("noise", "inverted", "rotated")
+
+
+def out_of_distribution_images(x: Tensor, kind: str, seed: int = 0) -> Tensor:
+    """Out-of-distribution inputs made offline from a batch of images ``x`` of shape ``(N, C, H, W)``.
+
+    * ``"noise"``: Gaussian noise images with the mean and standard deviation of ``x`` (drawn with ``seed``);
+    * ``"inverted"``: each image's intensities reflected, ``max + min − x`` per image (dark strokes on a light
+      ground for digits);
+    * ``"rotated"``: each image turned by 90 degrees (``H = W`` needed).
+
+    Scaled digits stay near their scale, so a detector cannot tell them apart by intensity statistics alone
+    (except for ``"noise"``, the easy case). Returns a new tensor of the shape and dtype of ``x``.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() != 4 or x.numel() == 0:
+        raise ValueError(f"x must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
+    if kind not in OOD_KINDS:
+        raise ValueError(f"kind must be one of {OOD_KINDS}, got {kind!r}")
+    if kind == "noise":
+        noise = torch.randn(x.shape, generator=_generator(seed), dtype=x.dtype)
+        return x.mean() + x.std() * noise.to(x.device)
+    if kind == "inverted":
+        flat = x.flatten(1)
+        top, bottom = flat.amax(1), flat.amin(1)
+        return (top + bottom).view(-1, 1, 1, 1) - x
+    if x.shape[2] != x.shape[3]:
+        raise ValueError(f"kind='rotated' needs square images, got {tuple(x.shape[2:])}")
+    return torch.rot90(x, 1, dims=(2, 3)).contiguous()
+
+
+def hold_out_classes(x: Tensor, y: Tensor, classes: tuple[int, ...] | list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Split a labelled set into the classes a model is trained on and held-out classes (out of distribution).
+
+    Returns ``x_in, y_in, x_out``: the examples of the other classes with their labels renumbered
+    ``0, ..., K − 1`` in increasing order of the original label (e.g. holding out digits 8 and 9 leaves labels
+    0-7 as they were), and the inputs of the held-out ``classes``.
+    """
+    if not isinstance(y, Tensor) or y.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"y must be an integer Tensor of labels, got {getattr(y, 'dtype', type(y).__name__)}")
+    if not isinstance(x, Tensor) or len(x) != len(y):
+        raise ValueError("x must be a Tensor with one input per label")
+    held = sorted({int(c) for c in classes})
+    present = set(y.unique().tolist())
+    missing = [c for c in held if c not in present]
+    if not held or missing:
+        raise ValueError(f"classes must name labels present in y; got {list(classes)} (absent: {missing})")
+    kept = sorted(present - set(held))
+    if not kept:
+        raise ValueError("holding out every class leaves nothing to train on")
+    out = torch.isin(y, torch.tensor(held, dtype=y.dtype))
+    relabel = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+    relabel[torch.tensor(kept)] = torch.arange(len(kept))
+    return x[~out], relabel[y[~out]], x[out]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Trajectories of known dynamics, and irregularly sampled, partially observed series built from them
 # ----------------------------------------------------------------------------------------------------

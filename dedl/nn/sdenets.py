@@ -57,18 +57,30 @@ Every body takes ``(width, depth, T=1.0, kind, hidden, kernel_size, norm, residu
 :class:`dedl.nn.classifier.ImageClassifier`. Parameter count ``depth · P_f`` (``2 depth · P_f`` for shake-shake).
 Training mode draws the noise from torch's global generator (seed with :func:`dedl.utils.seed_everything`);
 evaluation mode is deterministic, the mean network ``x + h f(x)`` (``x + h ½(f₁ + f₂)`` for shake-shake).
+
+**Networks whose forward pass is an SDE solve (Part V).** :class:`NeuralSDE` is Liu et al.'s block
+``dh = f_θ(t, h) dt + g(t, h) dW`` with additive, multiplicative or dropout-style diffusion {cite}`liu2019neural`,
+and :func:`neural_sde_net` its image classifier; :class:`SDENet` is Kong et al.'s SDE-Net {cite}`kong2020sde`, a
+drift net for the prediction and a diffusion net for the epistemic uncertainty, built by :func:`sdenet` and trained
+with :func:`sdenet_loss`. Both solve with :func:`dedl.solvers.sdeint`. The baselines of the uncertainty
+comparison: :func:`mc_predict` samples the predictive distribution of any of these models (and of a network with
+dropout left on at test, MC dropout {cite}`gal2016dropout`), :class:`DeepEnsemble` averages the softmax of
+independently trained members {cite}`lakshminarayanan2017simple`. The metrics live in :mod:`dedl.uncertainty`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from dedl.nn.checks import check_image_or_vector, positive_float, positive_int, probability
+from dedl.nn.checks import check_image_or_vector, check_kind, positive_float, positive_int, probability
+from dedl.nn.classifier import ImageClassifier
+from dedl.nn.odenets import ConvVectorField, MLPVectorField, _group_norm, _time_grid
 from dedl.nn.resnets import Factory, _build, _SchemeBody
+from dedl.solvers import sdeint, step_grid
 
 __all__ = [
     "DropoutResNet",
@@ -80,6 +92,14 @@ __all__ = [
     "sigma_from_drop_rate",
     "sigma_from_shake_spread",
     "sigma_from_noise_std",
+    "NeuralSDE",
+    "NEURAL_SDE_NOISES",
+    "neural_sde_net",
+    "SDENet",
+    "sdenet",
+    "sdenet_loss",
+    "mc_predict",
+    "DeepEnsemble",
 ]
 
 
@@ -579,3 +599,464 @@ def linear_moments(body: _NoisyResNet, x0: Tensor, sde: bool = False) -> tuple[T
         z = torch.cat([M.flatten(), torch.ones(1, dtype=torch.float64)])
         M = (torch.linalg.matrix_exp(h * K) @ z)[: d * d].view(d, d)
     return m, M - torch.outer(m, m)
+
+
+# ==================================================================================================
+# Part V: networks whose forward pass is an SDE solve
+# ==================================================================================================
+
+#: The diffusions of :class:`NeuralSDE`, Liu et al.'s three {cite}`liu2019neural` (Sec. 3.1).
+NEURAL_SDE_NOISES = ("additive", "multiplicative", "dropout")
+#: The Itô methods of :func:`dedl.solvers.sdeint` that :class:`NeuralSDE` solves with (one drift evaluation a step).
+_NEURAL_SDE_METHODS = ("euler", "milstein")
+
+
+def _check_floating_state(h0: Tensor, name: str = "the initial state") -> Tensor:
+    if not isinstance(h0, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(h0).__name__}")
+    if not h0.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {h0.dtype}")
+    if h0.dim() < 2 or h0.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty batch (batch, ...), got shape {tuple(h0.shape)}")
+    return h0
+
+
+class _NeuralSDETerms:
+    """The SDE of a :class:`NeuralSDE` on flattened states ``(batch, d)``, in torchsde's convention (diagonal
+    noise, Itô). With ``noisy=False`` the diffusion is zero: the drift ODE, solved on the same grid."""
+
+    sde_type = "ito"
+    noise_type = "diagonal"
+
+    def __init__(self, block: NeuralSDE, shape: tuple[int, ...], noisy: bool):
+        self.block, self.shape, self.noisy = block, shape, noisy
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.block.func(t, y.reshape(-1, *self.shape)).reshape(y.shape)
+
+    def _g(self, t: Tensor, y: Tensor, fy: Tensor | None) -> Tensor:
+        sigma, noise = self.block.sigma, self.block.noise
+        if not self.noisy or sigma == 0:
+            return torch.zeros_like(y)
+        if noise == "additive":
+            return torch.full_like(y, sigma)
+        if noise == "multiplicative":
+            return sigma * y
+        return sigma * (self.f(t, y) if fy is None else fy)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self._g(t, y, None)
+
+    def f_and_g(self, t: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        fy = self.f(t, y)
+        return fy, self._g(t, y, fy)
+
+
+class NeuralSDE(nn.Module):
+    """Liu et al.'s Neural SDE block {cite}`liu2019neural`: the ODE block with a diffusion, ``h(t0) = h0`` and
+
+        ``dh = f_θ(t, h) dt + g(t, h) dW``  on ``[t0, t1]`` (Itô),
+
+    with one of the paper's three diffusions (Sec. 3.1), ``noise`` in :data:`NEURAL_SDE_NOISES`:
+
+    * ``"additive"``: ``g = σ`` (Gaussian noise added to the state, the paper's ``G = σ I``);
+    * ``"multiplicative"``: ``g = σ h`` (elementwise; noise proportional to the state);
+    * ``"dropout"``: ``g = σ f_θ(t, h)`` (elementwise): the diffusion limit of dropout on the residual branch,
+      ``h + f(h) ⊙ m / p`` with ``m ~ Bernoulli(p)``, for which ``σ = √((1 − p)/p)`` (the paper's Sec. 3.1;
+      :class:`DropoutResNet` is the discrete network).
+
+    ``func`` is the drift ``f_θ(t, h)`` (an ``nn.Module``, e.g. :class:`~dedl.nn.odenets.MLPVectorField` or
+    :class:`~dedl.nn.odenets.ConvVectorField`), ``t = (t0, t1)`` or a longer grid. The SDE is solved by
+    :func:`dedl.solvers.sdeint` with the Itô ``method`` (``"euler"``, Euler–Maruyama, or ``"milstein"``, not for
+    dropout noise, whose diffusion is not elementwise in ``h``) and fixed step ``dt``; gradients flow by
+    backpropagation through the solver (memory grows with the number of steps). States of any shape
+    ``(batch, ...)`` are flattened for the solver.
+
+    * Training mode: one sampled path per call (noise from torch's global generator; seed with
+      :func:`dedl.utils.seed_everything`), as the paper trains.
+    * Evaluation mode, ``n_samples = 0`` (default): the drift ODE ``dh = f_θ dt``, deterministic, solved on the
+      same grid (Euler–Maruyama with ``g = 0`` is forward Euler); ``n_samples = k ≥ 1``: the mean of ``h(t1)``
+      over ``k`` sampled paths (the paper's test-time ensemble, Sec. 4; the ``k`` paths are one batched solve).
+      To average *predictions* (softmax) over paths instead, use :func:`mc_predict`.
+
+    ``forward(h0)`` returns ``h(t1)``; :meth:`trajectory` returns ``h`` at every time of the grid, shape
+    ``(len(t), *h0.shape)``. :attr:`nfe` is the number of drift evaluations of the latest forward pass, one per
+    solver step (:func:`dedl.solvers.step_grid`; sdeint's one shape check at ``t0`` is not counted). ``sigma = 0``
+    is the Neural ODE with the fixed-step solver, in every mode.
+    """
+
+    def __init__(
+        self,
+        func: nn.Module,
+        t: Sequence[float] | Tensor = (0.0, 1.0),
+        noise: str = "additive",
+        sigma: float = 0.1,
+        method: str = "euler",
+        dt: float = 0.1,
+        n_samples: int = 0,
+    ):
+        super().__init__()
+        if not isinstance(func, nn.Module):
+            raise TypeError(f"func must be an nn.Module (its parameters are trained), got {type(func).__name__}")
+        if noise not in NEURAL_SDE_NOISES:
+            raise ValueError(f"noise must be one of {NEURAL_SDE_NOISES}, got {noise!r}")
+        if method not in _NEURAL_SDE_METHODS:
+            raise ValueError(f"method must be one of {_NEURAL_SDE_METHODS} (Itô), got {method!r}")
+        if method == "milstein" and noise == "dropout":
+            raise ValueError("method='milstein' needs a diffusion elementwise in h; use 'euler' for dropout noise")
+        self.func = func
+        self.register_buffer("t", _time_grid(t), persistent=False)
+        self.noise = noise
+        self.sigma = positive_float("sigma", sigma, allow_zero=True)
+        self.method = method
+        self.dt = positive_float("dt", dt)
+        self.n_samples = positive_int("n_samples", n_samples, allow_zero=True)
+        self._nfe = 0
+
+    @property
+    def nfe(self) -> int:
+        """Drift evaluations of the latest forward pass (one per solver step)."""
+        return self._nfe
+
+    def _solve(self, h0: Tensor, t: Tensor) -> Tensor:
+        _check_floating_state(h0)
+        shape = tuple(h0.shape[1:])
+        samples = 1 if self.training else self.n_samples
+        noisy = samples > 0
+        y0 = h0.reshape(h0.shape[0], -1)
+        if samples > 1:
+            y0 = y0.repeat(samples, 1)
+        ts = t.to(device=h0.device, dtype=h0.dtype)
+        sde = _NeuralSDETerms(self, shape, noisy)
+        ys = sdeint(sde, y0, ts, method=self.method, dt=self.dt)
+        self._nfe = len(step_grid(t.tolist(), self.dt)[0]) - 1
+        ys = ys.reshape(len(t), max(samples, 1), h0.shape[0], *shape).mean(1)
+        return ys
+
+    def forward(self, h0: Tensor) -> Tensor:
+        return self._solve(h0, self.t)[-1]
+
+    def trajectory(self, h0: Tensor, t: Sequence[float] | Tensor | None = None) -> Tensor:
+        """The state at every time of ``t`` (default: the block's grid), shape ``(len(t), *h0.shape)``: a sampled
+        path in training mode, the drift ODE's solution or the mean of ``n_samples`` paths in evaluation mode."""
+        return self._solve(h0, self.t if t is None else _time_grid(t))
+
+    def extra_repr(self) -> str:
+        t = self.t.tolist()
+        span = f"t=({t[0]:g}, {t[-1]:g})" if len(t) == 2 else f"t=<{len(t)} times in [{t[0]:g}, {t[-1]:g}]>"
+        return (f"{span}, noise={self.noise!r}, sigma={self.sigma:g}, method={self.method!r}, dt={self.dt:g}, "
+                f"n_samples={self.n_samples}")
+
+
+def neural_sde_net(
+    in_channels: int,
+    width: int,
+    num_classes: int,
+    noise: str = "additive",
+    sigma: float = 0.1,
+    t: Sequence[float] | Tensor = (0.0, 1.0),
+    method: str = "euler",
+    dt: float = 0.1,
+    n_samples: int = 0,
+    time_dependent: bool = True,
+    norm: str | None = "group",
+) -> ImageClassifier:
+    """Liu et al.'s Neural SDE image classifier {cite}`liu2019neural` in the book's shared frame.
+
+    :func:`~dedl.nn.odenets.odenet` with the ODE block replaced by a :class:`NeuralSDE` whose drift is
+    Chen et al.'s :class:`~dedl.nn.odenets.ConvVectorField` (``time_dependent`` and ``norm`` go to it): a
+    convolutional stem, one SDE block, global average pooling and a linear head. ``model.body`` is the
+    :class:`NeuralSDE` (``model.body.sigma`` and ``model.body.n_samples`` may be changed at test time).
+    ``sigma=0`` is an ODE-Net solved with the same fixed-step solver, the like-for-like baseline.
+    """
+    positive_int("width", width)
+    body = NeuralSDE(
+        ConvVectorField(width, time_dependent=time_dependent, norm=norm),
+        t=t,
+        noise=noise,
+        sigma=sigma,
+        method=method,
+        dt=dt,
+        n_samples=n_samples,
+    )
+    return ImageClassifier(body, in_channels=in_channels, width=width, num_classes=num_classes)
+
+
+# --------------------------------------------------------------------------------------------------
+# SDE-Net
+# --------------------------------------------------------------------------------------------------
+
+
+class _SDENetTerms:
+    """The SDE of an :class:`SDENet` on flattened states: drift ``f(t, x)``, diffusion ``s`` per sample, constant
+    along the path (diagonal noise, every coordinate its own Brownian motion)."""
+
+    sde_type = "ito"
+    noise_type = "diagonal"
+
+    def __init__(self, drift: nn.Module, shape: tuple[int, ...], scale: Tensor):
+        self.drift, self.shape, self.scale = drift, shape, scale
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.drift(t, y.reshape(-1, *self.shape)).reshape(y.shape)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.scale.expand_as(y)
+
+
+class SDENet(nn.Module):
+    """Kong, Sun and Zhang's SDE-Net {cite}`kong2020sde`: a drift net for the prediction, a diffusion net for the
+    epistemic uncertainty.
+
+    An input ``x`` is embedded, ``x_0 = embedding(x)``, then moved by the Itô SDE (the paper's eq. 5)
+
+        ``dx_t = f(t, x_t) dt + g(x_0) dW_t``,  ``t ∈ [0, T]``,
+
+    and read out, ``head(x_T)``. The drift net ``f`` (``drift``, a vector field ``f(t, h)``) fits the predictive
+    function; the diffusion net ``g`` (``diffusion``, mapping ``x_0`` to one number per sample in ``(0, 1)``,
+    e.g. ending in a sigmoid) is scaled by ``sigma_max``: ``g(x_0) = sigma_max · diffusion(x_0)``, one noise level
+    per sample, constant along the path, as in the paper's code. Training makes ``g`` small on the training
+    data (the drift dominates: accurate predictions) and large out of distribution (the Brownian motion
+    dominates: spread-out predictions); see :func:`sdenet_loss`. The SDE is solved with
+    :func:`dedl.solvers.sdeint`, Euler–Maruyama with ``steps`` steps of ``T / steps`` (the paper: ``T = 6``,
+    6 steps for MNIST).
+
+    ``forward(x)`` returns the logits of one sampled path, in training and in evaluation mode (SDE-Net's
+    prediction is an average over paths: use :func:`mc_predict`, the paper's 10 paths at test). The prediction's
+    gradient does not reach the diffusion net (its output is detached on the path): as in the paper's
+    Algorithm 1, ``diffusion`` is trained by the out-of-distribution objective alone, ``embedding``, ``drift``
+    and ``head`` by the prediction loss alone. :meth:`diffusion_level` is ``diffusion(x_0)``, the learned
+    uncertainty in ``(0, 1)`` (an out-of-distribution score). :attr:`nfe` is ``steps``.
+
+    Kong et al.'s MNIST code trains with ``sigma_max = 20`` ("for training stability") and tests with 500; set
+    :attr:`sigma_max` between the two phases to do the same.
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        drift: nn.Module,
+        diffusion: nn.Module,
+        head: nn.Module,
+        T: float = 6.0,
+        steps: int = 6,
+        sigma_max: float = 20.0,
+    ):
+        super().__init__()
+        for name, module in (("embedding", embedding), ("drift", drift), ("diffusion", diffusion), ("head", head)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+        self.embedding, self.drift, self.diffusion, self.head = embedding, drift, diffusion, head
+        self.T = positive_float("T", T)
+        self.steps = positive_int("steps", steps)
+        self.sigma_max = positive_float("sigma_max", sigma_max, allow_zero=True)
+
+    @property
+    def nfe(self) -> int:
+        """Drift evaluations of a forward pass: ``steps``."""
+        return self.steps
+
+    @property
+    def dt(self) -> float:
+        """The Euler–Maruyama step ``T / steps``."""
+        return self.T / self.steps
+
+    def _level(self, x0: Tensor) -> Tensor:
+        level = self.diffusion(x0)
+        if level.shape not in ((x0.shape[0],), (x0.shape[0], 1)):
+            raise ValueError(f"diffusion must return one value per sample, shape (batch, 1), got {tuple(level.shape)}")
+        return level.reshape(-1, 1)
+
+    def diffusion_level(self, x: Tensor) -> Tensor:
+        """``diffusion(embedding(x))``, shape ``(batch,)``: each input's learned uncertainty (``g / sigma_max``)."""
+        _check_floating_state(x, "x")
+        return self._level(self.embedding(x)).reshape(-1)
+
+    def trajectory(self, x: Tensor) -> Tensor:
+        """One sampled path of the hidden state at the ``steps + 1`` grid times, shape ``(steps + 1, *x_0.shape)``."""
+        _check_floating_state(x, "x")
+        x0 = self.embedding(x)
+        shape = tuple(x0.shape[1:])
+        scale = self.sigma_max * self._level(x0).detach()
+        y0 = x0.reshape(x0.shape[0], -1)
+        sde = _SDENetTerms(self.drift, shape, scale)
+        # every grid time is an observation time, so that the whole path comes back
+        ts = torch.linspace(0.0, self.T, self.steps + 1, dtype=x0.dtype, device=x0.device)
+        ys = sdeint(sde, y0, ts, method="euler", dt=self.dt)
+        return ys.reshape(len(ts), *x0.shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trajectory(x)[-1])
+
+    def extra_repr(self) -> str:
+        return f"T={self.T:g}, steps={self.steps}, sigma_max={self.sigma_max:g}"
+
+
+class _Flatten(nn.Module):
+    """Global average pooling of feature maps ``(B, C, H, W)`` to ``(B, C)``; identity on vectors."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3)) if x.dim() == 4 else x
+
+
+def sdenet(
+    in_channels: int,
+    num_classes: int,
+    width: int = 64,
+    kind: str = "conv",
+    hidden: int | None = None,
+    downsample: int = 0,
+    T: float = 6.0,
+    steps: int = 6,
+    sigma_max: float = 20.0,
+) -> SDENet:
+    """Kong et al.'s SDE-Net classifier {cite}`kong2020sde` for images (``kind="conv"``) or vectors (``"linear"``).
+
+    ``kind="conv"``, inputs ``(B, in_channels, H, W)`` (the paper's MNIST net, Sec. 5 and its code):
+
+    * embedding: a 3x3 convolution to ``width`` channels, then ``downsample`` times (group norm, ReLU, a 4x4
+      convolution of stride 2), the paper's downsampling layers (two for MNIST; 0 keeps 8x8 digits whole);
+    * drift: Chen et al.'s :class:`~dedl.nn.odenets.ConvVectorField` (group norms, two 3x3 convolutions that see
+      the time), the paper's drift net;
+    * diffusion: group norm, ReLU, two 3x3 convolutions (each after group norm and ReLU), global average
+      pooling, a linear layer to one number and a sigmoid;
+    * head: group norm, ReLU, global average pooling, a linear layer to ``num_classes`` logits.
+
+    ``kind="linear"``, inputs ``(B, in_channels)`` (e.g. a 2-D toy task): embedding ``Linear(in_channels,
+    width)``; drift :class:`~dedl.nn.odenets.MLPVectorField` (``hidden`` units, tanh, time-dependent); diffusion
+    ``Linear, ReLU, Linear(hidden, 1), sigmoid``; head ``ReLU, Linear(width, num_classes)``. ``hidden`` defaults
+    to ``width``. ``T``, ``steps`` and ``sigma_max`` go to :class:`SDENet`.
+    """
+    positive_int("in_channels", in_channels)
+    positive_int("num_classes", num_classes)
+    positive_int("width", width)
+    check_kind(kind)
+    hidden = width if hidden is None else positive_int("hidden", hidden)
+    positive_int("downsample", downsample, allow_zero=True)
+    if kind == "linear":
+        if downsample:
+            raise ValueError("downsample is for kind='conv'")
+        embedding: nn.Module = nn.Linear(in_channels, width)
+        drift: nn.Module = MLPVectorField(width, hidden=hidden, time_dependent=True)
+        diffusion: nn.Module = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
+        head: nn.Module = nn.Sequential(nn.ReLU(), nn.Linear(width, num_classes))
+        return SDENet(embedding, drift, diffusion, head, T=T, steps=steps, sigma_max=sigma_max)
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1)]
+    for _ in range(downsample):
+        layers += [_group_norm(width), nn.ReLU(), nn.Conv2d(width, width, 4, stride=2, padding=1)]
+    embedding = nn.Sequential(*layers)
+    drift = ConvVectorField(width, hidden=hidden)
+    diffusion = nn.Sequential(
+        _group_norm(width), nn.ReLU(), nn.Conv2d(width, hidden, 3, padding=1),
+        _group_norm(hidden), nn.ReLU(), nn.Conv2d(hidden, width, 3, padding=1),
+        _group_norm(width), nn.ReLU(), _Flatten(), nn.Linear(width, 1), nn.Sigmoid(),
+    )
+    head = nn.Sequential(_group_norm(width), nn.ReLU(), _Flatten(), nn.Linear(width, num_classes))
+    return SDENet(embedding, drift, diffusion, head, T=T, steps=steps, sigma_max=sigma_max)
+
+
+def sdenet_loss(model: SDENet, batch: tuple[Tensor, Tensor], ood_std: float = 2.0) -> Tensor:
+    """SDE-Net's two-objective training loss {cite}`kong2020sde` (eq. 8 and Algorithm 1), for :func:`dedl.train.fit`.
+
+    For a batch ``(x, y)`` of training inputs and labels, the sum of
+
+    * the prediction loss ``cross_entropy(model(x), y)`` on one sampled path (trains the embedding, drift and
+      head; the diffusion enters the path detached);
+    * ``BCE(g(x), 0)``: the diffusion small in distribution, and
+    * ``BCE(g(x̃), 1)`` on generated out-of-distribution inputs ``x̃ = x + ood_std · ε``, ``ε ~ N(0, I)``: the
+      diffusion large out of distribution (the paper's code perturbs MNIST with ``ood_std = 2``),
+
+    where ``g = model.diffusion`` sees the embedding detached, so that the two binary cross-entropies train the
+    diffusion net alone, as the paper's separate optimiser for ``θ_g`` does. The paper's minimax ``min_θg E_in g
+    − max_θg E_out g`` is written, as in its code, as a binary classification of in- against out-of-distribution
+    inputs by the sigmoid output of ``g``. The noise is drawn from torch's global generator (seed with
+    :func:`dedl.utils.seed_everything`; :func:`dedl.train.fit` does). Use ``functools.partial(sdenet_loss,
+    ood_std=...)`` to change the perturbation.
+    """
+    if not isinstance(model, SDENet):
+        raise TypeError(f"model must be an SDENet, got {type(model).__name__}")
+    ood_std = positive_float("ood_std", ood_std)
+    x, y = batch
+    prediction = nn.functional.cross_entropy(model(x), y)
+    x_out = x + ood_std * torch.randn_like(x)
+    g_in = model._level(model.embedding(x).detach())
+    g_out = model._level(model.embedding(x_out).detach())
+    bce = nn.functional.binary_cross_entropy
+    return prediction + bce(g_in, torch.zeros_like(g_in)) + bce(g_out, torch.ones_like(g_out))
+
+
+# --------------------------------------------------------------------------------------------------
+# Baselines: Monte Carlo predictions (MC dropout, sampled paths) and deep ensembles
+# --------------------------------------------------------------------------------------------------
+
+
+def _stochastic_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose own training flag switches their noise on: dropout layers, the noisy bodies of this
+    module and :class:`NeuralSDE` blocks (their children, e.g. batch norms, keep their mode)."""
+    kinds = (nn.modules.dropout._DropoutNd, _NoisyResNet, NeuralSDE)
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+@torch.no_grad()
+def mc_predict(model: nn.Module, x: Tensor, n_samples: int = 10, batch_size: int | None = None) -> Tensor:
+    """The predictive distribution of a stochastic classifier by Monte Carlo: ``n_samples`` softmax outputs.
+
+    The model is put in evaluation mode, and then the noise of its stochastic modules is switched back on:
+    every dropout layer (MC dropout {cite}`gal2016dropout`: dropout left on at test, each pass a sample of the
+    approximate posterior), every noisy body of this module (:class:`DropoutResNet`, ...) and every
+    :class:`NeuralSDE` (one sampled path per pass) sets its own training flag, while batch norms and the rest
+    stay in evaluation mode. An :class:`SDENet` samples a path in every mode {cite}`kong2020sde`. A
+    deterministic model gives ``n_samples`` equal rows. The flags are restored afterwards.
+
+    Returns ``softmax(model(x))`` for each pass, shape ``(n_samples, batch, num_classes)``; the mean over the
+    first dimension is the predictive distribution (the input of :mod:`dedl.uncertainty`'s metrics). Draws from
+    torch's global generator (seed first). ``batch_size`` scores ``x`` in chunks.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_floating_state(x, "x")
+    positive_int("n_samples", n_samples)
+    if batch_size is not None:
+        positive_int("batch_size", batch_size)
+    was_training = model.training
+    model.eval()
+    stochastic = _stochastic_modules(model)
+    for module in stochastic:
+        module.training = True
+    try:
+        device = next(model.parameters()).device
+        size = batch_size or len(x)
+        chunks = []
+        for i in range(0, len(x), size):
+            xi = x[i : i + size].to(device)
+            chunks.append(torch.stack([model(xi).softmax(-1) for _ in range(n_samples)]))
+        return torch.cat(chunks, dim=1)
+    finally:
+        model.train(was_training)
+
+
+class DeepEnsemble(nn.Module):
+    """A deep ensemble {cite}`lakshminarayanan2017simple`: the average of the softmax of independently trained
+    classifiers (each from its own random initialisation and data order; train them one by one, e.g. with
+    :func:`dedl.train.fit` and ``seed=k``).
+
+    ``forward(x)`` returns ``log((1/M) Σ_m softmax(member_m(x)))``, the log of the averaged predictive
+    distribution: its softmax is the ensemble's prediction, so :func:`dedl.train.accuracy`,
+    :func:`dedl.train.fgsm` (whose cross-entropy is then the ensemble's negative log-likelihood) and
+    :func:`mc_predict` take the ensemble like any classifier. (Lakshminarayanan et al. also train each member
+    with adversarial examples, optional in their paper and left out here.)
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("a deep ensemble needs at least one member")
+        for i, m in enumerate(members):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"members[{i}] must be an nn.Module, got {type(m).__name__}")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logp = torch.stack([m(x).log_softmax(-1) for m in self.members])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
