@@ -4,7 +4,8 @@
 mirrors :func:`torchdiffeq.odeint`; ``odeint_adjoint`` computes gradients with the adjoint ODE; ``odeint_event``
 stops a solve where an event function changes sign, with gradients through the event time.
 ``sdeint(sde, y0, ts, bm=..., method=..., dt=..., backend="dedl" | "torchsde")`` mirrors :func:`torchsde.sdeint`
-(Euler-Maruyama, Milstein, Rößler's srk, stochastic Heun, midpoint, reversible Heun); ``BrownianPath`` is one
+(Euler-Maruyama, Milstein, Rößler's srk, stochastic Heun, midpoint, reversible Heun); ``sdeint_adjoint``
+computes its gradients with the stochastic adjoint (exactly, for reversible Heun); ``BrownianPath`` is one
 reusable Brownian sample path.
 """
 
@@ -47,6 +48,7 @@ from dedl.solvers.sde import (
     srk_step,
     step_grid,
 )
+from dedl.solvers.sde_adjoint import ADJOINT_METHODS, sdeint_adjoint
 
 __all__ = [
     "odeint",
@@ -74,6 +76,8 @@ __all__ = [
     "adams_bashforth_weights",
     "adams_bashforth_step",
     "sdeint",
+    "sdeint_adjoint",
+    "ADJOINT_METHODS",
     "BrownianPath",
     "step_grid",
     "euler_maruyama_step",

@@ -898,6 +898,37 @@ def _increment_stream(
         yield from zip(dw.unbind(0), du.unbind(0))
 
 
+def _check_y0(y0: Any) -> None:
+    """``y0`` must be a 2-D floating-point tensor ``(batch, d)``."""
+    if not isinstance(y0, Tensor):
+        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
+    if y0.dim() != 2:
+        raise ValueError(f"y0 must be 2-D, shape (batch, d), got shape {tuple(y0.shape)}; flatten other states")
+    if not y0.is_floating_point():
+        raise TypeError(f"y0 must be a floating-point tensor, got {y0.dtype}")
+
+
+def _torchsde_brownian(
+    terms: _Terms,
+    noise_type: str,
+    times: list[float],
+    t_dtype: torch.dtype,
+    y0: Tensor,
+    seed: int,
+    method: str | None,
+    logqp: bool,
+) -> Any:
+    """The ``torchsde.BrownianInterval`` with ``entropy=seed`` that ``backend="torchsde"`` uses when ``seed`` is
+    given without ``bm`` (with the space-time Lévy area where the method, or torchsde's default, needs it)."""
+    t0 = torch.tensor(times[0], dtype=t_dtype, device=y0.device)
+    m = _noise_size(terms, noise_type, t0, y0, None) + int(logqp and noise_type == "diagonal")
+    levy = {None: "space-time", "srk": "space-time", "log_ode": "foster"}.get(method, "none")
+    return _torchsde().BrownianInterval(
+        t0=times[0], t1=times[-1], size=(y0.shape[0], m), dtype=y0.dtype, device=y0.device,
+        entropy=seed, levy_area_approximation=levy,
+    )
+
+
 def _default_method(sde_type: str, noise_type: str) -> str:
     """torchsde's default: ``srk`` for Itô SDEs (``euler`` for general noise), ``midpoint`` for Stratonovich SDEs."""
     if sde_type == "stratonovich":
@@ -1006,12 +1037,7 @@ def sdeint(
     if backend == "dedl" and method is None:
         method = _default_method(sde_type, noise_type)
     _check_terms(terms, sde, method, logqp)
-    if not isinstance(y0, Tensor):
-        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
-    if y0.dim() != 2:
-        raise ValueError(f"y0 must be 2-D, shape (batch, d), got shape {tuple(y0.shape)}; flatten other states")
-    if not y0.is_floating_point():
-        raise TypeError(f"y0 must be a floating-point tensor, got {y0.dtype}")
+    _check_y0(y0)
     times_list, t_dtype = _check_times(ts, y0)
     dt = _as_float(dt)
     if not dt > 0 or not math.isfinite(dt):
@@ -1025,15 +1051,7 @@ def sdeint(
 
     if backend == "torchsde":
         if bm is None and seed is not None:
-            t0 = torch.tensor(times_list[0], dtype=t_dtype, device=y0.device)
-            m = _noise_size(terms, noise_type, t0, y0, None) + int(logqp and noise_type == "diagonal")
-            levy = {None: "space-time", "srk": "space-time", "log_ode": "foster"}.get(method, "none")
-            import torchsde
-
-            bm = torchsde.BrownianInterval(
-                t0=times_list[0], t1=times_list[-1], size=(y0.shape[0], m), dtype=y0.dtype, device=y0.device,
-                entropy=seed, levy_area_approximation=levy,
-            )
+            bm = _torchsde_brownian(terms, noise_type, times_list, t_dtype, y0, seed, method, logqp)
         return _torchsde().sdeint(
             sde, y0, ts, bm, method, dt, adaptive, rtol, atol, dt_min, options or None, names, logqp, extra,
             extra_solver_state,
