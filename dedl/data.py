@@ -328,6 +328,52 @@ def spiral_trajectories(
     return times, values, clockwise
 
 
+def ornstein_uhlenbeck(
+    n: int,
+    n_times: int = 50,
+    t_end: float = 5.0,
+    noise: float = 0.0,
+    theta: float = 1.0,
+    mu: float = 0.0,
+    sigma: float = 0.5,
+    x0: float | tuple[float, float] | None = None,
+    irregular: bool = False,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Sample paths of the Ornstein-Uhlenbeck process ``dX = theta (mu - X) dt + sigma dW`` {cite}`uhlenbeck1930theory`.
+
+    A stochastic system whose drift and diffusion are known, for fitting SDE models (the latent SDE of Part V).
+    The paths are drawn *exactly*, with no discretisation error, from the Gaussian transition law between
+    consecutive times ``s < t``: ``X_t = mu + (X_s - mu) e^{-theta (t - s)} + sigma sqrt((1 - e^{-2 theta (t - s)})
+    / (2 theta)) Z`` with ``Z ~ N(0, 1)`` {cite}`uhlenbeck1930theory`. ``x0``: None draws ``X_0`` from the stationary
+    law ``N(mu, sigma^2 / (2 theta))``; a number starts every path there; a pair ``(low, high)`` draws ``X_0``
+    uniformly from it. Times as :func:`lotka_volterra` (``n_times`` in ``[0, t_end]``, equally spaced or
+    ``irregular``), plus Gaussian observation ``noise``. Returns ``times`` ``(n_times,)`` and ``values``
+    ``(n, n_times, 1)``.
+    """
+    _check_series_args(n, n_times, t_end, noise)
+    if not theta > 0 or not sigma >= 0:
+        raise ValueError(f"ornstein_uhlenbeck needs theta > 0 and sigma >= 0, got theta={theta}, sigma={sigma}")
+    g = _generator(seed)
+    times = _series_times(n_times, t_end, irregular, g)
+    if x0 is None:
+        start = mu + sigma / math.sqrt(2 * theta) * torch.randn(n, generator=g, dtype=torch.float64)
+    elif isinstance(x0, (tuple, list)):
+        low, high = (float(v) for v in x0)
+        if not low <= high:
+            raise ValueError(f"x0 = (low, high) needs low <= high, got {x0}")
+        start = low + (high - low) * torch.rand(n, generator=g, dtype=torch.float64)
+    else:
+        start = torch.full((n,), float(x0), dtype=torch.float64)
+    decay = torch.exp(-theta * (times[1:] - times[:-1]))
+    spread = sigma * torch.sqrt((1 - decay**2) / (2 * theta))
+    z = torch.randn(n, n_times - 1, generator=g, dtype=torch.float64)
+    path = [start]
+    for k in range(n_times - 1):
+        path.append(mu + (path[-1] - mu) * decay[k] + spread[k] * z[:, k])
+    return _finish(times, torch.stack(path, 1).unsqueeze(-1), noise, g)
+
+
 class IrregularSeries(NamedTuple):
     """An irregularly sampled, partially observed data set (see :func:`irregular_series`).
 

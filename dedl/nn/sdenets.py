@@ -66,12 +66,15 @@ with :func:`sdenet_loss`. Both solve with :func:`dedl.solvers.sdeint`. The basel
 comparison: :func:`mc_predict` samples the predictive distribution of any of these models (and of a network with
 dropout left on at test, MC dropout {cite}`gal2016dropout`), :class:`DeepEnsemble` averages the softmax of
 independently trained members {cite}`lakshminarayanan2017simple`. The metrics live in :mod:`dedl.uncertainty`.
+:class:`LatentSDE` is Li et al.'s latent SDE {cite}`li2020scalable`, a generative model of time series with prior
+and posterior SDEs that share their diffusion, trained on an evidence lower bound whose path KL comes from
+Girsanov's theorem, by backpropagation or with :func:`dedl.solvers.sdeint_adjoint`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +83,7 @@ from dedl.nn.checks import check_image_or_vector, check_kind, positive_float, po
 from dedl.nn.classifier import ImageClassifier
 from dedl.nn.odenets import ConvVectorField, MLPVectorField, _group_norm, _time_grid
 from dedl.nn.resnets import Factory, _build, _SchemeBody
-from dedl.solvers import sdeint, step_grid
+from dedl.solvers import sdeint, sdeint_adjoint, step_grid
 
 __all__ = [
     "DropoutResNet",
@@ -100,6 +103,9 @@ __all__ = [
     "sdenet_loss",
     "mc_predict",
     "DeepEnsemble",
+    "LatentSDE",
+    "LATENT_SDE_METHODS",
+    "ELBOTerms",
 ]
 
 
@@ -1060,3 +1066,221 @@ class DeepEnsemble(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         logp = torch.stack([m(x).log_softmax(-1) for m in self.members])
         return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+
+
+# ==================================================================================================
+# Latent SDE (Li et al. 2020): posterior and prior SDEs sharing the diffusion, trained on the ELBO
+# ==================================================================================================
+
+
+class _DiagonalDiffusion(nn.Module):
+    """``g_i(z) = sigmoid(MLP_i(z_i))``: one small network per latent dimension, each seeing its own coordinate
+    only, so that the noise is diagonal in torchsde's sense (:math:`\\partial g_i/\\partial z_j = 0`, ``i ≠ j``).
+    The ``dim`` networks ``1 -> hidden -> 1`` (softplus, then sigmoid) are evaluated at once."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(dim, hidden))
+        self.b1 = nn.Parameter(torch.zeros(dim, hidden))
+        self.w2 = nn.Parameter(torch.randn(dim, hidden) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, z: Tensor) -> Tensor:
+        hidden = nn.functional.softplus(z.unsqueeze(-1) * self.w1 + self.b1)
+        return torch.sigmoid((hidden * self.w2).sum(-1) + self.b2)
+
+
+def _drift_net(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.Softplus(), nn.Linear(hidden, hidden), nn.Softplus(), nn.Linear(hidden, n_out)
+    )
+
+
+#: The methods of :func:`dedl.solvers.sdeint` a :class:`LatentSDE` solves with; the first two read the SDE in the
+#: Itô sense, the last three in the Stratonovich sense (the KL term is the same in both).
+LATENT_SDE_METHODS = ("euler", "milstein", "midpoint", "heun", "reversible_heun")
+
+
+class _LatentSDETerms:
+    """The posterior SDE ``f(t, z) = f_net(z, context(t))``, the prior drift ``h(t, z) = h_net(z)`` and the shared
+    diagonal diffusion of a :class:`LatentSDE`, in torchsde's convention. ``context`` ``(T, B, C)`` holds the
+    encoder's summary at each observation time; on ``[t_k, t_{k+1})`` the posterior drift sees ``context[k + 1]``,
+    the summary of the observations from ``t_{k+1}`` on (the encoder runs backward in time)."""
+
+    noise_type = "diagonal"
+
+    def __init__(self, model: LatentSDE, times: Tensor | None = None, context: Tensor | None = None):
+        self.model, self.times, self.context = model, times, context
+        self.sde_type = "ito" if model.method in ("euler", "milstein") else "stratonovich"
+
+    def f(self, t: Tensor, z: Tensor) -> Tensor:
+        if self.context is None:
+            raise RuntimeError("the posterior drift needs a context: call LatentSDE.encode first")
+        k = min(int(torch.searchsorted(self.times, t.reshape(1).to(self.times.dtype), right=True)), len(self.times) - 1)
+        return self.model.posterior_drift(torch.cat([z, self.context[k]], -1))
+
+    def h(self, t: Tensor, z: Tensor) -> Tensor:
+        return self.model.prior_drift(z)
+
+    def g(self, t: Tensor, z: Tensor) -> Tensor:
+        return self.model.diffusion(z)
+
+
+class ELBOTerms(NamedTuple):
+    """The three terms of a :class:`LatentSDE`'s evidence lower bound, each of shape ``(batch,)``:
+    ``ELBO = log_likelihood - kl_initial - kl_path``."""
+
+    log_likelihood: Tensor
+    kl_initial: Tensor
+    kl_path: Tensor
+
+
+class LatentSDE(nn.Module):
+    """The latent SDE of Li et al. {cite}`li2020scalable` (Sec. 5 and 7.2; torchsde's ``latent_sde_lorenz.py``).
+
+    A prior and an approximate posterior over paths :math:`z(t)` in a ``latent_dim``-dimensional space, with the
+    same diffusion (so that the posterior is absolutely continuous with respect to the prior):
+
+    * prior: :math:`z_0 \\sim p(z_0) = N(m, s^2)` (learned), :math:`dz = h_\\theta(z)\\,dt + g_\\theta(z)\\,dW`;
+    * posterior: :math:`z_0 \\sim q(z_0 | x) = N(\\mu, \\sigma^2)`,
+      :math:`dz = f_\\phi(z, c(t))\\,dt + g_\\theta(z)\\,dW`, where the context :math:`c(t)` is the state of a GRU
+      run backward in time over the observations (the summary of what is still to come);
+    * observations: :math:`x_{t_i} \\sim N(\\mathrm{dec}(z_{t_i}), \\) ``obs_std``:math:`^2)`, ``dec`` a linear map,
+      or the identity when ``latent_dim`` is None (the SDE then lives in data space, as in torchsde's Lorenz
+      example, and its drift and diffusion can be compared with the data's own).
+
+    The diffusion is diagonal, :math:`g_i(z) = \\mathrm{sigmoid}(\\mathrm{MLP}_i(z_i)) \\in (0, 1)`. The evidence
+    lower bound (Li et al., Eq. (10)) is
+
+    .. math:: \\log p(x) \\ge E_q\\Big[\\sum_i \\log p(x_{t_i} | z_{t_i})\\Big] - KL(q(z_0) \\| p(z_0))
+        - E_q\\Big[\\int_{t_0}^{t_N} \\tfrac12 |u(t, z_t)|^2\\,dt\\Big], \\qquad g\\,u = f_\\phi - h_\\theta,
+
+    the last term the KL divergence between the posterior and prior path measures by Girsanov's theorem,
+    integrated along each sampled path by :func:`~dedl.solvers.sdeint` (``logqp=True``). The SDE is solved with
+    ``method`` and step ``dt`` (read in the Itô sense for ``euler`` and ``milstein``, in the Stratonovich sense
+    otherwise); with ``adjoint=True`` gradients come from :func:`~dedl.solvers.sdeint_adjoint` (memory flat in the
+    number of steps; exact for ``method="reversible_heun"``), else by backpropagation through the solver.
+
+    Series are ``values`` of shape ``(batch, T, data_dim)`` observed at ``times`` ``(T,)`` (as
+    :class:`~dedl.nn.odenets.LatentODE`). :meth:`elbo` (and :meth:`elbo_terms`) train, :meth:`sample_posterior`
+    and :meth:`sample_prior` draw decoded paths; ``forward`` is one posterior sample. Paths are drawn from
+    ``bm`` when given (e.g. a :class:`~dedl.solvers.BrownianPath` of shape ``(n_samples * batch, latent_dim)``),
+    else from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int | None = None,
+        context_dim: int = 16,
+        hidden: int = 32,
+        obs_std: float = 0.1,
+        method: str = "euler",
+        dt: float = 0.05,
+        adjoint: bool = False,
+    ):
+        super().__init__()
+        self.data_dim = positive_int("data_dim", data_dim)
+        self.latent_dim = data_dim if latent_dim is None else positive_int("latent_dim", latent_dim)
+        self.context_dim = positive_int("context_dim", context_dim)
+        hidden = positive_int("hidden", hidden)
+        self.obs_std = positive_float("obs_std", obs_std)
+        if method not in LATENT_SDE_METHODS:
+            raise ValueError(f"method must be one of {LATENT_SDE_METHODS}, got {method!r}")
+        self.method, self.dt, self.adjoint = method, positive_float("dt", dt), bool(adjoint)
+        latent = self.latent_dim
+        self.gru = nn.GRU(data_dim + 1, hidden, batch_first=True)  # values and the gap to the next time
+        self.context = nn.Linear(hidden, context_dim)
+        self.initial = nn.Linear(context_dim, 2 * latent)  # q(z0 | x): mean and raw standard deviation
+        self.posterior_drift = _drift_net(latent + context_dim, hidden, latent)
+        self.prior_drift = _drift_net(latent, hidden, latent)
+        self.diffusion = _DiagonalDiffusion(latent, hidden)
+        self.prior_mean = nn.Parameter(torch.zeros(latent))
+        self.prior_log_std = nn.Parameter(torch.zeros(latent))
+        self.decoder: nn.Module = nn.Identity() if latent_dim is None else nn.Linear(latent, data_dim)
+
+    def _check(self, times: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        values = _check_floating_state(values, "values")
+        if values.dim() != 3 or values.shape[-1] != self.data_dim:
+            raise ValueError(f"values must have shape (batch, T, {self.data_dim}), got {tuple(values.shape)}")
+        times = _time_grid(times).to(device=values.device, dtype=values.dtype)
+        if len(times) != values.shape[1]:
+            raise ValueError(f"{len(times)} times for {values.shape[1]} observations per series")
+        return times, values
+
+    def encode(self, times: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The context at each time ``(T, batch, context_dim)`` (a GRU over the series read backward) and the
+        mean and standard deviation of :math:`q(z_0 | x)`, each ``(batch, latent_dim)``."""
+        times, values = self._check(times, values)
+        gaps = torch.cat([times[1:] - times[:-1], times.new_zeros(1)]).view(1, -1, 1).expand(len(values), -1, 1)
+        hidden, _ = self.gru(torch.cat([values, gaps], -1).flip(1))
+        context = self.context(hidden.flip(1)).transpose(0, 1)
+        mean, raw = self.initial(context[0]).chunk(2, -1)
+        return context, mean, nn.functional.softplus(raw) + 1e-4
+
+    def _solve(
+        self, terms: _LatentSDETerms, z0: Tensor, times: Tensor, bm: object, logqp: bool, names: dict | None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        if self.adjoint and torch.is_grad_enabled():
+            params = (*self.posterior_drift.parameters(), *self.prior_drift.parameters(),
+                      *self.diffusion.parameters())
+            context = (terms.context,) if terms.context is not None else ()
+            return sdeint_adjoint(terms, z0, times, bm, self.method, dt=self.dt, adjoint_params=(*context, *params),
+                                  logqp=logqp, names=names)
+        return sdeint(terms, z0, times, bm, self.method, dt=self.dt, logqp=logqp, names=names)
+
+    def elbo_terms(self, times: Tensor, values: Tensor, n_samples: int = 1, bm: object = None) -> ELBOTerms:
+        """The log-likelihood, the KL of the initial state and the path KL (Girsanov), each ``(batch,)`` and
+        averaged over ``n_samples`` posterior paths (one batched solve; ``bm`` of shape
+        ``(n_samples * batch, latent_dim)``)."""
+        positive_int("n_samples", n_samples)
+        times, values = self._check(times, values)
+        context, mean, std = self.encode(times, values)
+        batch = len(values)
+        eps = torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device)
+        z0 = (mean + std * eps).reshape(n_samples * batch, -1)
+        terms = _LatentSDETerms(self, times, context.repeat(1, n_samples, 1))
+        zs, log_ratio = self._solve(terms, z0, times, bm, logqp=True, names=None)
+        prediction = self.decoder(zs).reshape(len(times), n_samples, batch, self.data_dim)
+        log_prob = torch.distributions.Normal(prediction, self.obs_std).log_prob(values.transpose(0, 1).unsqueeze(1))
+        prior = torch.distributions.Normal(self.prior_mean, self.prior_log_std.exp())
+        kl_initial = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std), prior).sum(-1)
+        return ELBOTerms(
+            log_likelihood=log_prob.sum((0, 3)).mean(0),
+            kl_initial=kl_initial,
+            kl_path=log_ratio.sum(0).reshape(n_samples, batch).mean(0),
+        )
+
+    def elbo(
+        self, times: Tensor, values: Tensor, n_samples: int = 1, kl_weight: float = 1.0, bm: object = None
+    ) -> Tensor:
+        """The ELBO of each series ``(batch,)``: ``log_likelihood - kl_weight * (kl_initial + kl_path)``
+        (:meth:`elbo_terms`); ``kl_weight < 1`` is the KL annealing of torchsde's example."""
+        terms = self.elbo_terms(times, values, n_samples, bm)
+        return terms.log_likelihood - kl_weight * (terms.kl_initial + terms.kl_path)
+
+    def sample_posterior(self, times: Tensor, values: Tensor, n_samples: int = 1, bm: object = None) -> Tensor:
+        """Decoded posterior paths given the series, shape ``(n_samples, batch, T, data_dim)``."""
+        positive_int("n_samples", n_samples)
+        times, values = self._check(times, values)
+        context, mean, std = self.encode(times, values)
+        z0 = (mean + std * torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device)).flatten(0, 1)
+        zs = self._solve(_LatentSDETerms(self, times, context.repeat(1, n_samples, 1)), z0, times, bm, False, None)
+        return self.decoder(zs).reshape(len(times), n_samples, len(values), self.data_dim).permute(1, 2, 0, 3)
+
+    def sample_prior(self, times: Tensor, n_samples: int, z0: Tensor | None = None, bm: object = None) -> Tensor:
+        """Decoded paths of the prior SDE, shape ``(n_samples, T, data_dim)``, from :math:`z_0 \\sim p(z_0)` or
+        from the given latent initial states ``z0`` ``(n_samples, latent_dim)``."""
+        positive_int("n_samples", n_samples)
+        times = _time_grid(times).to(device=self.prior_mean.device, dtype=self.prior_mean.dtype)
+        if z0 is None:
+            eps = torch.randn(n_samples, self.latent_dim, dtype=times.dtype, device=times.device)
+            z0 = self.prior_mean + self.prior_log_std.exp() * eps
+        elif tuple(z0.shape) != (n_samples, self.latent_dim):
+            raise ValueError(f"z0 must have shape (n_samples, latent_dim) = {(n_samples, self.latent_dim)}")
+        zs = self._solve(_LatentSDETerms(self), z0, times, bm, False, {"drift": "h"})
+        return self.decoder(zs).transpose(0, 1)
+
+    def forward(self, times: Tensor, values: Tensor) -> Tensor:
+        """One decoded posterior path per series, shape ``(batch, T, data_dim)``."""
+        return self.sample_posterior(times, values)[0]
