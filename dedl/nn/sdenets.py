@@ -675,8 +675,12 @@ class NeuralSDE(nn.Module):
     :class:`~dedl.nn.odenets.ConvVectorField`), ``t = (t0, t1)`` or a longer grid. The SDE is solved by
     :func:`dedl.solvers.sdeint` with the Itô ``method`` (``"euler"``, Euler–Maruyama, or ``"milstein"``, not for
     dropout noise, whose diffusion is not elementwise in ``h``) and fixed step ``dt``; gradients flow by
-    backpropagation through the solver (memory grows with the number of steps). States of any shape
-    ``(batch, ...)`` are flattened for the solver.
+    backpropagation through the solver (``adjoint=False``: memory grows with the number of steps) or by solving
+    the adjoint SDE backward on the same Brownian path with :func:`dedl.solvers.sdeint_adjoint`
+    (``adjoint=True``, {cite}`li2020scalable`: memory flat in the number of steps, gradients equal to
+    backpropagation's as ``dt → 0``; additive and multiplicative noise only, since the adjoint's Stratonovich
+    form needs a diffusion elementwise in ``h``). States of any shape ``(batch, ...)`` are flattened for the
+    solver.
 
     * Training mode: one sampled path per call (noise from torch's global generator; seed with
       :func:`dedl.utils.seed_everything`), as the paper trains.
@@ -700,10 +704,15 @@ class NeuralSDE(nn.Module):
         method: str = "euler",
         dt: float = 0.1,
         n_samples: int = 0,
+        adjoint: bool = False,
     ):
         super().__init__()
         if not isinstance(func, nn.Module):
             raise TypeError(f"func must be an nn.Module (its parameters are trained), got {type(func).__name__}")
+        if not isinstance(adjoint, bool):
+            raise TypeError(f"adjoint must be a bool, got {type(adjoint).__name__}")
+        if adjoint and noise == "dropout":
+            raise ValueError("adjoint=True needs a diffusion elementwise in h; dropout noise trains by backpropagation")
         if noise not in NEURAL_SDE_NOISES:
             raise ValueError(f"noise must be one of {NEURAL_SDE_NOISES}, got {noise!r}")
         if method not in _NEURAL_SDE_METHODS:
@@ -717,6 +726,7 @@ class NeuralSDE(nn.Module):
         self.method = method
         self.dt = positive_float("dt", dt)
         self.n_samples = positive_int("n_samples", n_samples, allow_zero=True)
+        self.adjoint = adjoint
         self._nfe = 0
 
     @property
@@ -734,7 +744,11 @@ class NeuralSDE(nn.Module):
             y0 = y0.repeat(samples, 1)
         ts = t.to(device=h0.device, dtype=h0.dtype)
         sde = _NeuralSDETerms(self, shape, noisy)
-        ys = sdeint(sde, y0, ts, method=self.method, dt=self.dt)
+        if self.adjoint and torch.is_grad_enabled():
+            params = tuple(p for p in self.func.parameters() if p.requires_grad)
+            ys = sdeint_adjoint(sde, y0, ts, method=self.method, dt=self.dt, adjoint_params=params)
+        else:
+            ys = sdeint(sde, y0, ts, method=self.method, dt=self.dt)
         self._nfe = len(step_grid(t.tolist(), self.dt)[0]) - 1
         ys = ys.reshape(len(t), max(samples, 1), h0.shape[0], *shape).mean(1)
         return ys
@@ -751,7 +765,7 @@ class NeuralSDE(nn.Module):
         t = self.t.tolist()
         span = f"t=({t[0]:g}, {t[-1]:g})" if len(t) == 2 else f"t=<{len(t)} times in [{t[0]:g}, {t[-1]:g}]>"
         return (f"{span}, noise={self.noise!r}, sigma={self.sigma:g}, method={self.method!r}, dt={self.dt:g}, "
-                f"n_samples={self.n_samples}")
+                f"n_samples={self.n_samples}, adjoint={self.adjoint}")
 
 
 def neural_sde_net(
