@@ -9,7 +9,8 @@ mean over samples of :func:`dedl.nn.sdenets.mc_predict`, or ``model(x).softmax(-
   out-of-distribution inputs, or misclassified from correct predictions) {cite}`kong2020sde`;
 * :func:`expected_calibration_error` and :func:`reliability_diagram` -- the calibration of the confidence
   ``max_k p_k`` {cite}`guo2017calibration`;
-* :func:`negative_log_likelihood` and :func:`predictive_entropy`.
+* :func:`negative_log_likelihood` and :func:`predictive_entropy`;
+* :func:`classification_scores` -- all of them for one classifier at once, as the comparison tables report them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "ReliabilityDiagram",
     "negative_log_likelihood",
     "predictive_entropy",
+    "classification_scores",
 ]
 
 
@@ -141,3 +143,33 @@ def predictive_entropy(probs: Tensor) -> Tensor:
     uncertainty {cite}`gal2016dropout`; as a score for :func:`auroc`, larger means more uncertain."""
     p, _ = _probs_and_labels(probs, None)
     return -torch.special.xlogy(p, p).sum(-1)
+
+
+def classification_scores(
+    probs: Tensor, labels: Tensor, out_of_distribution: dict[str, Tensor] | None = None
+) -> dict[str, float]:
+    """The scores of one classifier's predictive distribution, as Part V's tables report them.
+
+    ``"accuracy"``, ``"NLL"`` (:func:`negative_log_likelihood`), ``"ECE"`` (:func:`expected_calibration_error`),
+    ``"misclassification"``: the :func:`auroc` of ``1 − confidence`` for telling the wrong predictions from the
+    right ones (``nan`` when every prediction is right or every one wrong), and, for each named set of
+    ``out_of_distribution`` predictive distributions, the :func:`auroc` of ``1 − confidence`` for telling that
+    set from ``probs``: the maximum-softmax baseline of out-of-distribution detection {cite}`kong2020sde`.
+    """
+    p, y = _probs_and_labels(probs, labels)
+    confidence, predicted = p.max(1)
+    wrong = predicted != y
+    scores = {
+        "accuracy": float((~wrong).double().mean()),
+        "NLL": negative_log_likelihood(p, y),
+        "ECE": expected_calibration_error(p, y),
+        "misclassification": (
+            auroc(1 - confidence[~wrong], 1 - confidence[wrong]) if 0 < wrong.sum() < len(y) else float("nan")
+        ),
+    }
+    for name, p_out in (out_of_distribution or {}).items():
+        q, _ = _probs_and_labels(p_out, None)
+        if q.shape[1] != p.shape[1]:
+            raise ValueError(f"out_of_distribution[{name!r}] has {q.shape[1]} classes, probs has {p.shape[1]}")
+        scores[name] = auroc(1 - confidence, 1 - q.max(1).values)
+    return scores

@@ -130,3 +130,20 @@ def test_hold_out_classes_relabels_in_order():
         hold_out_classes(x, y, range(5))
     with pytest.raises(TypeError):
         hold_out_classes(x, y.float(), (1,))
+
+
+def test_classification_scores_gathers_the_metrics():
+    from dedl.uncertainty import classification_scores
+
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    labels = torch.tensor([0, 1, 1, 1])  # the second prediction is wrong
+    out = {"far": torch.tensor([[0.5, 0.5], [0.55, 0.45]])}
+    scores = classification_scores(probs, labels, out)
+    assert scores["accuracy"] == 0.75
+    assert scores["NLL"] == pytest.approx(negative_log_likelihood(probs, labels))
+    assert scores["ECE"] == pytest.approx(expected_calibration_error(probs, labels))
+    assert scores["misclassification"] == pytest.approx(1.0)  # the wrong one is least confident
+    assert scores["far"] == pytest.approx(1.0)  # both far inputs are less confident than all
+    assert math.isnan(classification_scores(probs[2:], labels[2:])["misclassification"])
+    with pytest.raises(ValueError, match="classes"):
+        classification_scores(probs, labels, {"bad": torch.full((2, 3), 1 / 3)})
