@@ -1164,7 +1164,7 @@ class LatentSDE(nn.Module):
       example, and its drift and diffusion can be compared with the data's own).
 
     The diffusion is diagonal, :math:`g_i(z) = \\mathrm{sigmoid}(\\mathrm{MLP}_i(z_i)) \\in (0, 1)`. The evidence
-    lower bound (Li et al., Eq. (10)) is
+    lower bound (Li et al., Sec. 5) is
 
     .. math:: \\log p(x) \\ge E_q\\Big[\\sum_i \\log p(x_{t_i} | z_{t_i})\\Big] - KL(q(z_0) \\| p(z_0))
         - E_q\\Big[\\int_{t_0}^{t_N} \\tfrac12 |u(t, z_t)|^2\\,dt\\Big], \\qquad g\\,u = f_\\phi - h_\\theta,

@@ -3,7 +3,7 @@ r"""Gradients through an SDE solve by the stochastic adjoint, with memory indepe
 For :math:`dY = f(t, Y, \theta)\,dt + g(t, Y, \theta) \circ dW` (Stratonovich) on a fixed Brownian path and a loss
 :math:`L` of the solution at :math:`t_0 < \dots < t_N`, the adjoint :math:`a(t) = \partial L / \partial Y_t` and
 the parameter adjoint :math:`a_\theta` solve, backward in time and on the same Brownian path
-{cite}`li2020scalable` (Sec. 3, Eq. (3)-(4) and Alg. 1-2),
+{cite}`li2020scalable` (Sec. 3),
 
 .. math::
 
@@ -23,7 +23,7 @@ the exact solution up to the backward solve's error, not of the forward computat
 backpropagation through the solver as ``dt`` shrinks.
 
 With ``method="reversible_heun"`` and ``adjoint_method="reversible_heun"`` the backward pass is instead the exact
-reverse of the discrete forward map {cite}`kidger2021efficient` (Sec. 3, Alg. 2): reversible Heun's step is
+reverse of the discrete forward map {cite}`kidger2021efficient`: reversible Heun's step is
 algebraically invertible, so the backward pass reconstructs every forward state :math:`(Y_n, Z_n)` from the
 last one and backpropagates through one step at a time. Its gradients equal those of backpropagation through
 :func:`~dedl.solvers.sdeint` up to floating point.
@@ -204,7 +204,7 @@ def _reversible_backward(
     params: tuple[Tensor, ...],
 ) -> tuple[Tensor, list[Tensor], tuple[Tensor | None, ...]]:
     """Backpropagation through reversible Heun, one step at a time, on states reconstructed backward
-    {cite}`kidger2021efficient` (Alg. 2).
+    {cite}`kidger2021efficient`.
 
     The forward step (:func:`~dedl.solvers.sde.reversible_heun_step`) maps :math:`(Y_n, f_n, g_n, Z_n)` to
     :math:`Z_{n+1} = 2Y_n - Z_n + f_n h + g_n \\Delta W`, :math:`(f_{n+1}, g_{n+1}) = (f, g)(t_{n+1}, Z_{n+1})`,
@@ -291,7 +291,7 @@ def sdeint_adjoint(
 
     torchsde's arguments in torchsde's order, shapes and return values; the forward solve is
     :func:`~dedl.solvers.sdeint` with the same arguments, run without recording a graph. The backward pass solves
-    the adjoint SDE (module docstring; {cite}`li2020scalable`, Eq. (3)-(4)) from ``ts[-1]`` to ``ts[0]`` on the
+    the adjoint SDE (module docstring; {cite}`li2020scalable`, Sec. 3) from ``ts[-1]`` to ``ts[0]`` on the
     same step grid, with the increments of the same Brownian path reversed, adding ``dL/dy(ts[i])`` to the
     adjoint at each output time. No graph is kept across steps: the memory of the backward pass does not grow
     with the number of steps (the outputs at ``ts``, and a Brownian path that ``bm=None`` stores, do).
