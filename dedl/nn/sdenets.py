@@ -239,12 +239,13 @@ class _NoisyResNet(_SchemeBody):
         self,
         width: int,
         depth: int,
-        T: float,
-        kind: str,
-        hidden: int | None,
-        kernel_size: int,
-        norm: str | None,
-        residual: Factory | None,
+        T: float = 1.0,
+        kind: str = "conv",
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        norm: str | None = "batch",
+        residual: Factory | None = None,
+        *,
         sigma: float,
     ):
         super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual)
@@ -347,21 +348,6 @@ class DropoutResNet(_BernoulliResNet):
 
     noise_type = "diagonal"
 
-    def __init__(
-        self,
-        width: int,
-        depth: int,
-        T: float = 1.0,
-        kind: str = "conv",
-        hidden: int | None = None,
-        kernel_size: int = 3,
-        norm: str | None = "batch",
-        residual: Factory | None = None,
-        *,
-        sigma: float,
-    ):
-        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
-
     def _mask_shape(self, fx: Tensor) -> tuple[int, ...]:
         return tuple(fx.shape)
 
@@ -382,21 +368,6 @@ class StochasticDepthResNet(_BernoulliResNet):
     """
 
     noise_type = "scalar"
-
-    def __init__(
-        self,
-        width: int,
-        depth: int,
-        T: float = 1.0,
-        kind: str = "conv",
-        hidden: int | None = None,
-        kernel_size: int = 3,
-        norm: str | None = "batch",
-        residual: Factory | None = None,
-        *,
-        sigma: float,
-    ):
-        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
 
     def _mask_shape(self, fx: Tensor) -> tuple[int, ...]:
         return _per_sample(fx)
@@ -436,7 +407,7 @@ class ShakeShakeResNet(_NoisyResNet):
         sigma: float,
         shake_backward: bool = True,
     ):
-        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
+        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma=sigma)
         if not isinstance(shake_backward, bool):
             raise TypeError(f"shake_backward must be a bool, got {type(shake_backward).__name__}")
         self.shake_backward = shake_backward
@@ -487,21 +458,6 @@ class GaussianNoiseResNet(_NoisyResNet):
     """
 
     noise_type = "diagonal"
-
-    def __init__(
-        self,
-        width: int,
-        depth: int,
-        T: float = 1.0,
-        kind: str = "conv",
-        hidden: int | None = None,
-        kernel_size: int = 3,
-        norm: str | None = "batch",
-        residual: Factory | None = None,
-        *,
-        sigma: float,
-    ):
-        super().__init__(width, depth, T, kind, hidden, kernel_size, norm, residual, sigma)
 
     @property
     def noise_std(self) -> float:

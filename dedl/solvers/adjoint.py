@@ -112,6 +112,23 @@ class _OdeintAdjoint(torch.autograd.Function):
         return (None, a.view(shape), t_grad, *param_grads)
 
 
+def adjoint_parameters(
+    caller: str, owner: Any, adjoint_params: Sequence[Tensor] | None, inputs: str
+) -> tuple[Tensor, ...]:
+    """The parameters an adjoint solve differentiates: ``adjoint_params`` if given, else those of ``owner`` (the
+    vector field or the SDE), which must then be an ``nn.Module``, as in torchdiffeq and torchsde; only tensors
+    that require grad are kept. Shared by :func:`odeint_adjoint` and :func:`~dedl.solvers.sdeint_adjoint`."""
+    if adjoint_params is None:
+        if not isinstance(owner, nn.Module):
+            raise TypeError(
+                f"{caller} needs {'func' if caller == 'odeint_adjoint' else 'sde'} to be an nn.Module (to find its "
+                f"parameters) or adjoint_params= given explicitly (adjoint_params=() for gradients with respect to "
+                f"{inputs} only)"
+            )
+        adjoint_params = tuple(owner.parameters())
+    return tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
+
+
 def odeint_adjoint(
     func: Func,
     y0: Tensor | tuple[Tensor, ...],
@@ -161,14 +178,7 @@ def odeint_adjoint(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends are {', '.join(map(repr, BACKENDS))}")
-    if adjoint_params is None:
-        if not isinstance(func, nn.Module):
-            raise TypeError(
-                "odeint_adjoint needs func to be an nn.Module (to find its parameters) or adjoint_params= given "
-                "explicitly (use adjoint_params=() for gradients with respect to y0 and t only)"
-            )
-        adjoint_params = tuple(func.parameters())
-    params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
+    params = adjoint_parameters("odeint_adjoint", func, adjoint_params, "y0 and t")
     if backend == "torchdiffeq":
         extra = dict(adjoint_params=params)
         for key, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol),

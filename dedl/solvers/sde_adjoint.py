@@ -37,8 +37,9 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from dedl.solvers.adjoint import adjoint_parameters
 from dedl.solvers.sde import (
     BACKENDS,
     BrownianPath,
@@ -342,14 +343,7 @@ def sdeint_adjoint(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    if adjoint_params is None:
-        if not isinstance(sde, nn.Module):
-            raise TypeError(
-                "sdeint_adjoint needs sde to be an nn.Module (to find its parameters) or adjoint_params= given "
-                "explicitly (adjoint_params=() for gradients with respect to y0 only)"
-            )
-        adjoint_params = tuple(sde.parameters())
-    params = tuple(p for p in adjoint_params if isinstance(p, Tensor) and p.requires_grad)
+    params = adjoint_parameters("sdeint_adjoint", sde, adjoint_params, "y0")
     if isinstance(ts, Tensor) and ts.requires_grad:
         raise ValueError("sdeint_adjoint gives no gradient with respect to ts; pass ts without requires_grad")
     noise_type, sde_type = _check_sde_types(sde)
