@@ -259,6 +259,8 @@ def test_errors():
         probability_flow_sampler(sde, score, (2, 2), save_at=[0.1, 0.5])
     with pytest.raises(ValueError, match="weighting"):
         denoising_score_matching_loss(sde, score, torch.zeros(4, 2), weighting="uniform")
+    with pytest.raises(ValueError, match="differentiable"):
+        ode_log_likelihood(sde, lambda x, t: score(x, t).detach(), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="trace"):
         ode_log_likelihood(sde, score, torch.zeros(4, 2), trace="approx")
     with pytest.raises(ValueError, match="base"):

@@ -21,8 +21,8 @@ log signal-to-noise ratio :math:`\lambda_t = \log(s(t)/\sigma(t))` of {cite}`lu2
 (``half_log_snr``, ``time_of_half_log_snr``) are what the samplers of :mod:`dedl.generative.samplers` step in.
 
 Training is denoising score matching (:func:`denoising_score_matching_loss`, eq. 7) with
-:math:`\lambda(t) = \sigma(t)^2` or the likelihood weighting :math:`\lambda(t) = g(t)^2` of
-{cite}`song2021maximum`; :class:`ScoreMLP` (2-D data) and :class:`ScoreUNet` (8x8 and 28x28 images) are small
+:math:`\lambda(t) = \sigma(t)^2` or :math:`\lambda(t) = g(t)^2` (the likelihood weighting of Song, Durkan,
+Murray and Ermon, NeurIPS 2021); :class:`ScoreMLP` (2-D data) and :class:`ScoreUNet` (8x8 and 28x28 images) are small
 time-conditioned score networks; :func:`ode_log_likelihood` and :func:`bits_per_dim` give exact likelihoods
 through the probability-flow ODE (Sec. 4.3, Appendix D.2), with the trace estimators of
 :mod:`dedl.regularizers` and the solvers of :mod:`dedl.solvers`; :func:`gaussian_score` is the exact score of
@@ -322,8 +322,8 @@ def denoising_score_matching_loss(
     returns :math:`\lambda(t)\,\|s_\theta(x_t, t) + z/\sigma(t)\|^2` summed over the data dimensions, with
     :math:`\lambda(t) = \sigma(t)^2` (``"sigma2"``, the weighting of SMLD and DDPM, which makes the target
     :math:`\|\sigma s_\theta + z\|^2` of unit scale at every :math:`t`) or :math:`\lambda(t) = g(t)^2`
-    (``"likelihood"``, which makes the loss an upper bound on the negative log-likelihood
-    {cite}`song2021maximum`, Theorem 1).
+    (``"likelihood"``, which makes the loss an upper bound on the negative log-likelihood: Theorem 1 of Song,
+    Durkan, Murray and Ermon, *Maximum likelihood training of score-based diffusion models*, NeurIPS 2021).
 
     Args:
         sde: the forward SDE.
@@ -392,11 +392,17 @@ def gaussian_score(sde: SDE, mean: Tensor, cov: Tensor) -> ScoreFn:
     return score_fn
 
 
-def _time_embedding(t: Tensor, dim: int) -> Tensor:
-    """The sinusoidal embedding of ``1000 t`` of DDPM {cite}`ho2020denoising` (Transformer positions)."""
+def _noise_embedding(sde: SDE, t: Tensor, dim: int) -> Tensor:
+    r"""Sinusoidal features of the noise level rather than of the time: :math:`\sin(\omega_k\lambda_t)`,
+    :math:`\cos(\omega_k\lambda_t)` of the half log-SNR :math:`\lambda_t = \log(s(t)/\sigma(t))`, frequencies
+    :math:`\omega_k` geometric from 1/16 to 4. Conditioning on the noise level, as EDM does with
+    :math:`\tfrac14\ln\sigma` ({cite}`karras2022elucidating`, Table 1), keeps the network smooth in the variable
+    that the solvers of :mod:`dedl.generative.samplers` step in (DDPM's embedding of :math:`1000\,t`
+    {cite}`ho2020denoising` oscillates hundreds of times over :math:`[0, 1]`, which costs high-order samplers
+    their order)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
-    args = 1000.0 * t[:, None] * freqs[None]
+    freqs = torch.logspace(math.log10(1 / 16), math.log10(4.0), half, dtype=t.dtype, device=t.device)
+    args = sde.half_log_snr(t)[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
 
 
@@ -420,7 +426,8 @@ class _NoisePrediction(nn.Module):
 
 class ScoreMLP(_NoisePrediction):
     r"""A time-conditioned score network for vectors: an MLP with SiLU of :math:`[x, \mathrm{emb}(t)]`
-    predicting the noise, read as the score :math:`-\epsilon_\theta/\sigma(t)` {cite}`ho2020denoising,song2021score`.
+    of the noise level (sinusoidal features of the half log-SNR :math:`\lambda_t`) predicting the noise, read
+    as the score :math:`-\epsilon_\theta/\sigma(t)` {cite}`ho2020denoising,song2021score`.
 
     Args:
         sde: the SDE whose :math:`\sigma(t)` scales the output.
@@ -444,7 +451,7 @@ class ScoreMLP(_NoisePrediction):
         self.net = nn.Sequential(*layers, nn.Linear(hidden, dim))
 
     def noise(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(torch.cat([x, _time_embedding(t, self.embed_dim)], dim=1))
+        return self.net(torch.cat([x, _noise_embedding(self.sde, t, self.embed_dim)], dim=1))
 
 
 class _ResBlock(nn.Module):
@@ -495,7 +502,7 @@ class ScoreUNet(_NoisePrediction):
     def noise(self, x: Tensor, t: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"x must have shape (batch, channels, height, width), got {tuple(x.shape)}")
-        emb = self.embed(_time_embedding(t, self.base))
+        emb = self.embed(_noise_embedding(self.sde, t, self.base))
         h1 = self.block1(self.inp(x), emb)
         h2 = self.block2(self.down1(h1), emb)
         h = self.mid(self.down2(h2), emb)
@@ -539,7 +546,8 @@ def ode_log_likelihood(
     and score_sde do for images), unbiased in :math:`\log p`.
 
     Args:
-        sde, score_fn: the forward SDE and the score ``score_fn(x, t)``.
+        sde, score_fn: the forward SDE and the score ``score_fn(x, t)``, differentiable in ``x`` (a module,
+            not a wrapper under ``torch.no_grad``; ``ValueError`` otherwise).
         x: data, shape ``(batch, *dims)``.
         eps: the start time (the score is not learned at 0).
         trace: ``"exact"`` or ``"hutchinson"``.
@@ -553,7 +561,8 @@ def ode_log_likelihood(
         raise ValueError(f"x must be a Tensor of shape (batch, *dims), got {getattr(x, 'shape', type(x))}")
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
-    flow = sde.reverse(score_fn, probability_flow=True)
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable score_fn(x, t), got {type(score_fn).__name__}")
     probe = sample_probe(x, "rademacher", generator) if trace == "hutchinson" else None
     batch, n = x.shape[0], x[0].numel()
     nfe = 0
@@ -563,7 +572,15 @@ def ode_log_likelihood(
         nfe += 1
         with torch.enable_grad():
             y = state[:, :n].reshape(x.shape).detach().requires_grad_(True)
-            drift = flow.sde(y, t.expand(batch))[0]
+            vec_t = t.expand(batch)
+            score = score_fn(y, vec_t)
+            if not score.requires_grad:
+                raise ValueError(
+                    "score_fn(x, t) must be differentiable in x (no torch.no_grad inside): the divergence "
+                    "of the probability flow differentiates the score"
+                )
+            f, g = sde.sde(y, vec_t)
+            drift = f - 0.5 * _expand(g.square(), y) * score
             div = exact_trace(drift, y) if probe is None else hutchinson_trace(drift, y, probe)
         return torch.cat([drift.detach().reshape(batch, n), div.detach()[:, None]], dim=1)
 
