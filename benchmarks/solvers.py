@@ -17,7 +17,7 @@ Sections:
         float64 reference at rtol 1e-12; and dedl at the loosest rtol whose error matches torchdiffeq's;
     (c) memory: backprop through rk4 vs the adjoint at 10, 100, 1000 steps (forward and backward): the
         peak of the bytes held by torch's CPU allocator, from the allocation events that
-        ``torch.profiler`` records (:func:`peak_allocated_bytes`); time from a separate, unprofiled run.
+        ``torch.profiler`` records (:func:`dedl.utils.peak_allocated_bytes`); time from a separate, unprofiled run.
     (d) SDE rows: :func:`sde_rows` (dedl.solvers.sdeint vs torchsde: euler, milstein, srk, reversible_heun).
     (e) stochastic adjoint: :func:`sde_adjoint_rows` (gradient error against backprop through sdeint on the
         same Brownian path, time and peak memory at 10, 100, 1000 steps; dedl beside torchsde).
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from dedl.solvers import odeint, odeint_adjoint
-from dedl.utils import NFECounter
+from dedl.utils import NFECounter, peak_allocated_bytes
 
 COLUMNS = {
     "section": "section",
@@ -180,33 +180,6 @@ def dopri5_rows() -> list[dict]:
 
 
 # ---- (c) memory ------------------------------------------------------------------------------------
-
-
-def peak_allocated_bytes(fn: Callable[[], object]) -> int:
-    """Peak of the bytes held by torch's CPU allocator while ``fn`` runs.
-
-    Runs ``fn`` under ``torch.profiler`` with ``profile_memory=True``, which records every allocation
-    and free (with its size and time) made through torch's allocator, in the forward and in the
-    backward pass; the running sum of those sizes, in time order, is the live memory, and its maximum
-    is the peak. It counts tensors only (activations, graph buffers, solver state), exactly and
-    independently of the operating system's allocator, but not Python objects."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    allocations = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation:
-            allocations.append((event.start_time_ns, event.extra_fields.alloc_size))
-        stack.extend(event.children)
-    live = peak = 0
-    for _, size in sorted(allocations):
-        live += size
-        peak = max(peak, live)
-    return peak
 
 
 def memory_rows() -> list[dict]:

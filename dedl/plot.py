@@ -92,3 +92,10 @@ def comparison_table(rows: Sequence[dict], floatfmt: str = "{:.4g}"):
 
     frame = pd.DataFrame(list(rows))
     return frame.style.format({c: floatfmt.format for c in frame.select_dtypes("number").columns}).hide(axis="index")
+
+
+def mean_std(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean ± std"`` of results over seeds (the sample standard deviation, ``ddof=1``), for the cells of a
+    :func:`comparison_table`."""
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"

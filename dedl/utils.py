@@ -123,3 +123,30 @@ def cpu_seconds(fn: Callable[[], object], repeats: int = 1) -> float:
     finally:
         torch.set_num_threads(threads)
     return float(np.median(times))
+
+
+def peak_allocated_bytes(fn: Callable[[], object]) -> int:
+    """Peak of the bytes held by torch's CPU allocator while ``fn`` runs.
+
+    Runs ``fn`` under ``torch.profiler`` with ``profile_memory=True``, which records every allocation
+    and free (with its size and time) made through torch's allocator, in the forward and in the
+    backward pass; the running sum of those sizes, in time order, is the live memory, and its maximum
+    is the peak. It counts tensors only (activations, graph buffers, solver state), exactly and
+    independently of the operating system's allocator, but not Python objects."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocations = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            allocations.append((event.start_time_ns, event.extra_fields.alloc_size))
+        stack.extend(event.children)
+    live = peak = 0
+    for _, size in sorted(allocations):
+        live += size
+        peak = max(peak, live)
+    return peak

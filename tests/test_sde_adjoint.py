@@ -12,6 +12,7 @@ import torchsde
 from torch import nn
 
 from dedl.solvers import BrownianPath, sdeint, sdeint_adjoint
+from dedl.utils import peak_allocated_bytes
 
 DTYPE = torch.float64
 BATCH, D, M_ADDITIVE = 4, 2, 3
@@ -168,26 +169,6 @@ def test_torchsde_brownian_interval_and_torchsde_gradients(noise_type):
         assert max_relative_error(backprop, ours) < tol
 
 
-def peak_bytes(fn) -> int:
-    """Peak bytes held by torch's CPU allocator while fn runs (allocation events recorded by torch.profiler)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation:
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))
-        stack.extend(event.children)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
-    return peak
-
-
 def test_memory_does_not_grow_with_steps():
     sde, y0 = SmallSDE(), torch.randn(64, D, dtype=DTYPE, requires_grad=True)
     peaks: dict[tuple[str, int], int] = {}
@@ -202,7 +183,7 @@ def test_memory_does_not_grow_with_steps():
             def once():
                 solve(sde, y0, [0.0, 1.0], bm=bm, method=method, dt=1 / steps)[-1].square().sum().backward()
 
-            peaks[name, steps] = peak_bytes(once)
+            peaks[name, steps] = peak_allocated_bytes(once)
     assert peaks["backprop", 128] > 4 * peaks["backprop", 16], peaks
     for name in ("midpoint", "reversible_heun"):
         assert peaks[name, 128] < 1.2 * peaks[name, 16], peaks

@@ -221,3 +221,12 @@ def test_cpu_seconds_times_the_work_on_one_thread_and_restores_the_thread_count(
 def test_cpu_seconds_rejects_a_bad_number_of_repeats(repeats):
     with pytest.raises(ValueError, match="repeats"):
         cpu_seconds(lambda: None, repeats=repeats)
+
+
+def test_peak_allocated_bytes_sees_a_temporary_tensor():
+    from dedl.utils import peak_allocated_bytes
+
+    def make_and_drop():
+        torch.zeros(1 << 18, dtype=torch.float32).sum()  # 1 MiB, freed at once
+
+    assert peak_allocated_bytes(make_and_drop) >= 1 << 20
